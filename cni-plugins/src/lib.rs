@@ -1,0 +1,1 @@
+//! nestbox CNI library.

@@ -1,0 +1,1 @@
+//! nestlet, the minimal kubelet: not built yet; see DESIGN §6.

@@ -1,0 +1,1 @@
+//! nestbox OCI runtime library.

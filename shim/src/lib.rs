@@ -1,0 +1,1 @@
+//! containerd shim v2 (`containerd-shim-nestbox-v2`): not built yet; see DESIGN §5.
