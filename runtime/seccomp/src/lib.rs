@@ -1,0 +1,1 @@
+//! OCI seccomp profiles for nestbox, compiled with libseccomp.
