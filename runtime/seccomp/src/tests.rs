@@ -1,0 +1,1 @@
+//! Profile compilation (no filter is loaded here).
