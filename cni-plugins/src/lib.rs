@@ -1,1 +1,8 @@
-//! nestbox CNI library.
+//! nestbox CNI library: the CNI types and plugin skeleton (`cni`), kernel mechanisms
+//! (`net`: netns entry, netlink, sysctl, masquerade), the host-local allocator (`ipam`),
+//! and the plugins built on them (`plugins`), one file per plugin.
+
+pub mod cni;
+pub mod ipam;
+pub mod net;
+pub mod plugins;

@@ -1,1 +1,26 @@
-fn main() {}
+//! `nestbox-cni`: one binary, acting as the plugin named by argv[0]'s basename
+//! (`nestbox-bridge`, `bridge`, `nestbox-host-local`, ...), or `nestbox-cni <plugin>`.
+
+fn main() {
+    let mut argv = std::env::args();
+    let arg0 = argv.next().unwrap_or_default();
+    let base = std::path::Path::new(&arg0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let name = if base == "nestbox-cni" {
+        argv.next().unwrap_or_default()
+    } else {
+        base
+    };
+    match nestbox_cni::plugins::by_name(&name) {
+        Some(plugin) => std::process::exit(nestbox_cni::cni::skel::run(plugin)),
+        None => {
+            eprintln!(
+                "nestbox-cni: unknown plugin {name:?}; install as nestbox-bridge, nestbox-host-local or nestbox-loopback (or run `nestbox-cni <plugin>`)"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The reference host-local on-disk layout, so the two implementations share a node:
+//! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>` (old files: the id only),
+//! `last_reserved_ip.<set>` the round-robin cursor, `lock` is flock'ed for the whole
+//! operation. A reservation appears atomically (written to a temp file, then
+//! `link(2)`ed into place with EEXIST as "taken"), so a plugin killed mid-write never
+//! leaves an empty, unreleasable file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::cni::{Code, Error, Result};
+
+const LINE_BREAK: &str = "\r\n";
+const LAST_RESERVED: &str = "last_reserved_ip.";
+const TMP: &str = ".tmp-reserve";
+
+/// A locked store: the flock is held until drop.
+pub struct Store {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+/// One reservation file.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub ip: Option<IpAddr>,
+    pub path: PathBuf,
+    pub container_id: String,
+    /// Empty for files written by old versions (id only).
+    pub ifname: String,
+}
+
+fn is_meta(name: &str) -> bool {
+    name == "lock" || name.starts_with(LAST_RESERVED)
+}
+
+impl Store {
+    /// Create the network dir if needed and take its lock.
+    pub fn open(dir: &Path) -> Result<Store> {
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("failed to create {}", dir.display()), e))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join("lock"))
+            .map_err(|e| Error::io(format!("failed to open lock in {}", dir.display()), e))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::io("failed to lock IPAM store", io::Error::from(e)))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// Reserve `ip` for (id, ifname); Ok(false) when it is already taken.
+    pub fn reserve(&self, id: &str, ifname: &str, ip: IpAddr, set: usize) -> Result<bool> {
+        let tmp = self.dir.join(TMP);
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("failed to create reservation", e))?;
+        f.write_all(format!("{id}{LINE_BREAK}{ifname}").as_bytes())
+            .map_err(|e| Error::io("failed to write reservation", e))?;
+        drop(f);
+        let target = self.dir.join(ip.to_string());
+        let taken = match fs::hard_link(&tmp, &target) {
+            Ok(()) => false,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io(format!("failed to reserve {ip}"), e));
+            }
+        };
+        let _ = fs::remove_file(&tmp);
+        if taken {
+            return Ok(false);
+        }
+        fs::write(self.dir.join(format!("{LAST_RESERVED}{set}")), ip.to_string())
+            .map_err(|e| Error::io("failed to write last reserved IP", e))?;
+        Ok(true)
+    }
+
+    pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
+        fs::read_to_string(self.dir.join(format!("{LAST_RESERVED}{set}")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Every reservation (and stale temp file) in the network dir.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("failed to read IPAM store", e)),
+        };
+        let mut out = Vec::new();
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if is_meta(&name) || !ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                continue;
+            }
+            let Ok(data) = fs::read_to_string(ent.path()) else { continue };
+            let data = data.trim();
+            let (id, ifname) = match data.split_once(LINE_BREAK) {
+                Some((id, ifname)) => (id.trim(), ifname.trim()),
+                None => (data, ""),
+            };
+            out.push(Entry {
+                ip: name.parse().ok(),
+                path: ent.path(),
+                container_id: id.to_string(),
+                ifname: ifname.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The reservations of (id, ifname); old id-only files match when no new-style one does.
+    pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<Entry>> {
+        let all = self.entries()?;
+        let exact: Vec<Entry> = all
+            .iter()
+            .filter(|e| e.container_id == id && e.ifname == ifname)
+            .cloned()
+            .collect();
+        if !exact.is_empty() {
+            return Ok(exact);
+        }
+        Ok(all
+            .into_iter()
+            .filter(|e| e.container_id == id && e.ifname.is_empty())
+            .collect())
+    }
+
+    /// Release everything held by (id, ifname); idempotent.
+    pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let mut freed = Vec::new();
+        for e in self.find(id, ifname)? {
+            remove(&e.path)?;
+            freed.extend(e.ip);
+        }
+        Ok(freed)
+    }
+
+    /// Release every reservation not held by one of `valid` (id, ifname).
+    pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
+        let mut freed = Vec::new();
+        for e in self.entries()? {
+            let keep = valid.iter().any(|(id, ifname)| {
+                *id == e.container_id && (e.ifname.is_empty() || *ifname == e.ifname)
+            });
+            if !keep {
+                remove(&e.path)?;
+                freed.extend(e.ip);
+            }
+        }
+        Ok(freed)
+    }
+}
+
+fn remove(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("failed to release {}", p.display()), e)),
+    }
+}
+
+/// STATUS: the store can take new reservations (dir creatable, lock and files writable).
+pub fn probe_writable(dir: &Path) -> Result<()> {
+    let unavailable = |what: &str, e: io::Error| {
+        Error::new(Code::NotAvailable, format!("IPAM data dir {} is not usable: {what}: {e}", dir.display()))
+    };
+    fs::create_dir_all(dir).map_err(|e| unavailable("create", e))?;
+    let probe = dir.join(".status-probe");
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|e| unavailable("write", e))?;
+    let _ = fs::remove_file(&probe);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("lock"))
+        .map_err(|e| unavailable("lock", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nestbox-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn reserve_writes_reference_format_and_refuses_a_taken_ip() {
+        let d = tmpdir("res");
+        let s = Store::open(&d).unwrap();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(s.reserve("c1", "eth0", ip, 0).unwrap());
+        assert!(!s.reserve("c2", "eth0", ip, 0).unwrap());
+        assert_eq!(fs::read_to_string(d.join("10.0.0.2")).unwrap(), "c1\r\neth0");
+        assert_eq!(s.last_reserved(0), Some(ip));
+        assert!(!d.join(TMP).exists());
+        assert_eq!(s.release("c1", "eth0").unwrap(), vec![ip]);
+        assert!(!d.join("10.0.0.2").exists());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn old_id_only_files_are_released_and_kept_by_gc_per_id() {
+        let d = tmpdir("old");
+        let s = Store::open(&d).unwrap();
+        fs::write(d.join("10.0.0.3"), "old").unwrap();
+        fs::write(d.join("10.0.0.4"), "gone\r\neth0").unwrap();
+        assert_eq!(s.gc(&[("old".into(), "eth0".into())]).unwrap().len(), 1);
+        assert!(d.join("10.0.0.3").exists());
+        assert_eq!(s.release("old", "eth0").unwrap().len(), 1);
+        let _ = fs::remove_dir_all(&d);
+    }
+}

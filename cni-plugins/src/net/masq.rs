@@ -1,0 +1,284 @@
+//! Masquerade for a pod's addresses: traffic from the pod to anything outside its own
+//! subnet (and not multicast) leaves with the node's address.
+//!
+//! nftables (default when `nft` is on PATH): table `inet cni_plugins_masquerade`, one
+//! base chain `postrouting` (nat, srcnat), one self-contained rule per pod address
+//! tagged with a comment derived from (network, container, ifname) so DEL and GC find
+//! them without knowing the address.
+//! iptables: the reference plugins' layout (`CNI-<hash>` chain per container in `nat`,
+//! jumped to from POSTROUTING), so a node can switch between the two.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ipnetwork::IpNetwork;
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::cni::{Error, Result};
+
+pub const NFT_TABLE: &str = "cni_plugins_masquerade";
+const NFT_CHAIN: &str = "postrouting";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Nftables,
+    Iptables,
+}
+
+impl Backend {
+    /// The configured backend, else nftables when `nft` exists, else iptables.
+    pub fn choose(configured: Option<&str>) -> Result<Backend> {
+        match configured {
+            Some("nftables") => Ok(Backend::Nftables),
+            Some("iptables") => Ok(Backend::Iptables),
+            Some(other) => Err(Error::config(format!(
+                "unknown ipMasqBackend {other:?} (expected \"iptables\" or \"nftables\")"
+            ))),
+            None if which("nft") => Ok(Backend::Nftables),
+            None => Ok(Backend::Iptables),
+        }
+    }
+}
+
+pub fn which(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+        .unwrap_or(false)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Who a rule belongs to.
+#[derive(Debug, Clone)]
+pub struct Owner<'a> {
+    pub network: &'a str,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+}
+
+impl Owner<'_> {
+    fn network_tag(network: &str) -> String {
+        hex(&Sha256::digest(network.as_bytes()))[..8].to_string()
+    }
+    fn nft_comment(&self) -> String {
+        let h = Sha256::digest(format!("{}\0{}\0{}", self.network, self.container_id, self.ifname));
+        format!("cni:{}:{}", Self::network_tag(self.network), &hex(&h)[..16])
+    }
+    /// The reference's chain name: `CNI-` + sha512(name + id), 28 chars in all.
+    pub fn iptables_chain(&self) -> String {
+        let h = Sha512::digest(format!("{}{}", self.network, self.container_id));
+        format!("CNI-{}", &hex(&h)[..24])
+    }
+    fn iptables_comment(&self) -> String {
+        format!("name: {:?} id: {:?}", self.network, self.container_id)
+    }
+}
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut c = Command::new(cmd);
+    c.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .map_err(|e| Error::internal(format!("failed to run {cmd}: {e}")))?;
+    if let (Some(input), Some(mut si)) = (stdin, child.stdin.take()) {
+        let _ = si.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::internal(format!("failed to wait for {cmd}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::internal(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Masquerade `addrs` (pod address with its subnet prefix) for `owner`.
+pub fn setup(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<()> {
+    match backend {
+        Backend::Nftables => {
+            let comment = owner.nft_comment();
+            let mut script = format!(
+                "add table inet {NFT_TABLE}\nadd chain inet {NFT_TABLE} {NFT_CHAIN} {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+            );
+            for a in addrs {
+                let (fam, mcast) = if a.is_ipv4() { ("ip", "224.0.0.0/4") } else { ("ip6", "ff00::/8") };
+                let net = IpNetwork::new(a.network(), a.prefix()).map_err(|e| Error::internal(e.to_string()))?;
+                script.push_str(&format!(
+                    "add rule inet {NFT_TABLE} {NFT_CHAIN} {fam} saddr {} {fam} daddr != {net} {fam} daddr != {mcast} masquerade comment \"{comment}\"\n",
+                    a.ip()
+                ));
+            }
+            run("nft", &["-f", "-"], Some(&script)).map(|_| ())
+        }
+        Backend::Iptables => {
+            let chain = owner.iptables_chain();
+            let comment = owner.iptables_comment();
+            for a in addrs {
+                let ipt = if a.is_ipv4() { "iptables" } else { "ip6tables" };
+                let mcast = if a.is_ipv4() { "224.0.0.0/4" } else { "ff00::/8" };
+                let net = IpNetwork::new(a.network(), a.prefix()).map_err(|e| Error::internal(e.to_string()))?.to_string();
+                let _ = run(ipt, &["-w", "-t", "nat", "-N", &chain], None);
+                let src = a.ip().to_string();
+                let rules: [(&str, Vec<&str>); 3] = [
+                    (&chain, vec!["-d", &net, "-j", "ACCEPT", "-m", "comment", "--comment", &comment]),
+                    (&chain, vec!["!", "-d", mcast, "-j", "MASQUERADE", "-m", "comment", "--comment", &comment]),
+                    ("POSTROUTING", vec!["-s", &src, "-j", &chain, "-m", "comment", "--comment", &comment]),
+                ];
+                for (ch, spec) in rules {
+                    let mut check = vec!["-w", "-t", "nat", "-C", ch];
+                    check.extend(&spec);
+                    if run(ipt, &check, None).is_ok() {
+                        continue;
+                    }
+                    let mut add = vec!["-w", "-t", "nat", "-A", ch];
+                    add.extend(&spec);
+                    run(ipt, &add, None)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Handles of nft rules in our chain whose comment satisfies `pred`.
+fn nft_handles(pred: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+    let listing = match run("nft", &["-a", "list", "chain", "inet", NFT_TABLE, NFT_CHAIN], None) {
+        Ok(l) => l,
+        // No table or chain: nothing of ours exists.
+        Err(e) if e.msg.contains("No such file") => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(listing
+        .lines()
+        .filter_map(|line| {
+            let c = line.split("comment \"").nth(1)?.split('"').next()?;
+            let h = line.rsplit("# handle ").next()?.trim();
+            pred(c).then(|| h.to_string())
+        })
+        .collect())
+}
+
+fn nft_delete(handles: &[String]) -> Result<()> {
+    if handles.is_empty() {
+        return Ok(());
+    }
+    let script: String = handles
+        .iter()
+        .map(|h| format!("delete rule inet {NFT_TABLE} {NFT_CHAIN} handle {h}\n"))
+        .collect();
+    match run("nft", &["-f", "-"], Some(&script)) {
+        Ok(_) => Ok(()),
+        // A concurrent DEL removed one first: delete the rest one at a time.
+        Err(_) => {
+            for h in handles {
+                let _ = run("nft", &["delete", "rule", "inet", NFT_TABLE, NFT_CHAIN, "handle", h], None);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Remove `owner`'s masquerade rules (idempotent; needs no addresses).
+pub fn teardown(backend: Backend, owner: &Owner) -> Result<()> {
+    match backend {
+        Backend::Nftables => {
+            let comment = owner.nft_comment();
+            nft_delete(&nft_handles(|c| c == comment)?)
+        }
+        Backend::Iptables => {
+            let chain = owner.iptables_chain();
+            for ipt in ["iptables", "ip6tables"] {
+                if !which(ipt) {
+                    continue;
+                }
+                if let Ok(rules) = run(ipt, &["-w", "-t", "nat", "-S", "POSTROUTING"], None) {
+                    for line in rules.lines().filter(|l| l.ends_with(&format!("-j {chain}"))) {
+                        let mut args = vec!["-w".to_string(), "-t".into(), "nat".into(), "-D".into()];
+                        args.extend(split_quoted(line.trim_start_matches("-A ")));
+                        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                        let _ = run(ipt, &refs, None);
+                    }
+                }
+                let _ = run(ipt, &["-w", "-t", "nat", "-F", &chain], None);
+                let _ = run(ipt, &["-w", "-t", "nat", "-X", &chain], None);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Remove masquerade rules of `network` whose attachment is not in `valid` (nftables).
+pub fn gc(backend: Backend, network: &str, valid: &[(String, String)]) -> Result<()> {
+    if backend != Backend::Nftables || !which("nft") {
+        return Ok(());
+    }
+    let keep: Vec<String> = valid
+        .iter()
+        .map(|(cid, ifname)| {
+            Owner {
+                network,
+                container_id: cid,
+                ifname,
+            }
+            .nft_comment()
+        })
+        .collect();
+    let prefix = format!("cni:{}:", Owner::network_tag(network));
+    nft_delete(&nft_handles(|c| c.starts_with(&prefix) && !keep.iter().any(|k| k == c))?)
+}
+
+fn split_quoted(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_q = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if in_q => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            '"' => in_q = !in_q,
+            ' ' if !in_q => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iptables_chain_name_matches_the_reference_format() {
+        let o = Owner { network: "net", container_id: "abc", ifname: "eth0" };
+        assert_eq!(o.iptables_chain().len(), 28);
+        assert!(o.iptables_chain().starts_with("CNI-"));
+    }
+
+    #[test]
+    fn quoted_iptables_rules_split_like_a_shell() {
+        assert_eq!(
+            split_quoted(r#"POSTROUTING -s 10.0.0.2/32 -m comment --comment "name: \"n\" id: \"x\"" -j CNI-1"#),
+            vec!["POSTROUTING", "-s", "10.0.0.2/32", "-m", "comment", "--comment", r#"name: "n" id: "x""#, "-j", "CNI-1"]
+        );
+    }
+}

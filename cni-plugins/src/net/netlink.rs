@@ -1,0 +1,477 @@
+//! A small synchronous rtnetlink client (one socket, bound to the netns it was created
+//! in) with the link/address/route operations the plugins need. No async runtime: a
+//! plugin is one short-lived single-threaded process.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::link::{
+    AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData,
+    InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage, State,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// The facts about a link the plugins look at.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: String,
+    pub kind: Option<String>,
+    pub master: Option<u32>,
+    /// For a veth: the peer's ifindex (in the peer's netns).
+    pub peer: Option<u32>,
+    pub up: bool,
+    pub promisc: bool,
+    pub oper_up: bool,
+    pub mtu: u32,
+}
+
+fn mac_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn parse_mac(s: &str) -> io::Result<Vec<u8>> {
+    let bytes: Result<Vec<u8>, _> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect();
+    match bytes {
+        Ok(b) if b.len() == 6 => Ok(b),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid MAC {s:?}"))),
+    }
+}
+
+impl Link {
+    fn from_msg(m: &LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            up: m.header.flags.contains(LinkFlags::Up),
+            promisc: m.header.flags.contains(LinkFlags::Promisc),
+            ..Default::default()
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(b) => l.mac = mac_string(b),
+                LinkAttribute::Controller(i) => l.master = Some(*i),
+                LinkAttribute::Link(i) => l.peer = Some(*i),
+                LinkAttribute::Mtu(m) => l.mtu = *m,
+                LinkAttribute::OperState(s) => l.oper_up = *s == State::Up,
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+fn is_errno(e: &io::Error, errno: i32) -> bool {
+    e.raw_os_error() == Some(errno)
+}
+
+pub fn is_exists(e: &io::Error) -> bool {
+    is_errno(e, libc::EEXIST)
+}
+
+pub fn is_not_found(e: &io::Error) -> bool {
+    is_errno(e, libc::ENODEV) || is_errno(e, libc::ENOENT) || is_errno(e, libc::ESRCH)
+        || is_errno(e, libc::EADDRNOTAVAIL)
+}
+
+fn family_of(ip: &IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn route_addr(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn ip_of(r: &RouteAddress) -> Option<IpAddr> {
+    match r {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
+
+/// A route as read back from the kernel (main table only).
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's current network namespace.
+    pub fn new() -> io::Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        let _ = sock.set_ext_ack(true);
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
+        header.sequence_number = seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+
+        let mut replies = Vec::new();
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len = u32::from_ne_bytes([
+                    self.buf[off],
+                    self.buf[off + 1],
+                    self.buf[off + 2],
+                    self.buf[off + 3],
+                ]) as usize;
+                if len < 16 || off + len > n {
+                    break;
+                }
+                let bytes = &self.buf[off..off + len];
+                off += (len + 3) & !3;
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::Error(e) => {
+                        if e.code.is_some() {
+                            return Err(e.to_io());
+                        }
+                        return Ok(replies);
+                    }
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    // ---- links ----
+
+    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(r) => Ok(r.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_msg(l)),
+                _ => None,
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let r = self.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)?;
+        Ok(r.iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_msg(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Create a bridge; EEXIST is returned as is (the caller looks it up: many ADDs race here).
+    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>, vlan_filtering: bool) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+        if vlan_filtering {
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)])));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(info));
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(|_| ())
+    }
+
+    /// Create a veth pair: `host` here (enslaved to `master`, up) and `peer` in the netns
+    /// `peer_ns`, up, with an optional MAC. One message: no intermediate state to undo.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        peer: &str,
+        peer_ns: RawFd,
+        mtu: Option<u32>,
+        peer_mac: Option<&[u8]>,
+        master: Option<u32>,
+    ) -> io::Result<()> {
+        let mut p = LinkMessage::default();
+        p.header.flags = LinkFlags::Up;
+        p.header.change_mask = LinkFlags::Up;
+        p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        p.attributes.push(LinkAttribute::NetNsFd(peer_ns));
+        if let Some(mtu) = mtu {
+            p.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = peer_mac {
+            p.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::IfName(host.to_string()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(master) = master {
+            m.attributes.push(LinkAttribute::Controller(master));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(|_| ())
+    }
+
+    fn set_link(&mut self, index: u32, f: impl FnOnce(&mut LinkMessage)) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        f(&mut m);
+        self.request(RouteNetlinkMessage::SetLink(m), 0).map(|_| ())
+    }
+
+    pub fn set_up(&mut self, index: u32, up: bool) -> io::Result<()> {
+        self.set_link(index, |m| {
+            m.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+            m.header.change_mask = LinkFlags::Up;
+        })
+    }
+
+    pub fn set_promisc(&mut self, index: u32, on: bool) -> io::Result<()> {
+        self.set_link(index, |m| {
+            m.header.flags = if on { LinkFlags::Promisc } else { LinkFlags::empty() };
+            m.header.change_mask = LinkFlags::Promisc;
+        })
+    }
+
+    pub fn set_mac(&mut self, index: u32, mac: &[u8]) -> io::Result<()> {
+        self.set_link(index, |m| m.attributes.push(LinkAttribute::Address(mac.to_vec())))
+    }
+
+    /// Bridge port options (hairpin, isolation) on an enslaved link.
+    pub fn set_bridge_port(&mut self, index: u32, opts: Vec<InfoBridgePort>) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(opts)),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(m), 0).map(|_| ())
+    }
+
+    /// `bridge vlan add/del dev <index> vid <vid> [pvid] [untagged] master`.
+    pub fn bridge_vlan(&mut self, index: u32, vid: u16, pvid: bool, untagged: bool, add: bool) -> io::Result<()> {
+        let mut flags = BridgeVlanInfoFlags::empty();
+        if pvid {
+            flags |= BridgeVlanInfoFlags::Pvid;
+        }
+        if untagged {
+            flags |= BridgeVlanInfoFlags::Untagged;
+        }
+        let mut m = LinkMessage::default();
+        m.header.interface_family = AddressFamily::Bridge;
+        m.header.index = index;
+        let info = BridgeVlanInfo { flags, vid };
+        m.attributes.push(LinkAttribute::AfSpecBridge(vec![AfSpecBridge::VlanInfo(info)]));
+        let msg = if add {
+            RouteNetlinkMessage::SetLink(m)
+        } else {
+            RouteNetlinkMessage::DelLink(m)
+        };
+        self.request(msg, 0).map(|_| ())
+    }
+
+    pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(m), 0).map(|_| ())
+    }
+
+    // ---- addresses ----
+
+    pub fn add_addr(&mut self, index: u32, addr: IpNetwork, nodad: bool) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = family_of(&addr.ip());
+        m.header.prefix_len = addr.prefix();
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(addr.ip()));
+        m.attributes.push(AddressAttribute::Address(addr.ip()));
+        if let IpNetwork::V4(v4) = addr {
+            if v4.prefix() < 31 {
+                m.attributes.push(AddressAttribute::Broadcast(v4.broadcast()));
+            }
+        }
+        if nodad && addr.is_ipv6() {
+            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL).map(|_| ())
+    }
+
+    pub fn del_addr(&mut self, index: u32, addr: IpNetwork) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = family_of(&addr.ip());
+        m.header.prefix_len = addr.prefix();
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(addr.ip()));
+        m.attributes.push(AddressAttribute::Address(addr.ip()));
+        self.request(RouteNetlinkMessage::DelAddress(m), 0).map(|_| ())
+    }
+
+    /// Addresses on `index` (universe/site scope and link-local both), any family.
+    pub fn addrs(&mut self, index: u32) -> io::Result<Vec<IpNetwork>> {
+        let r = self.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in r {
+            if let RouteNetlinkMessage::NewAddress(a) = m {
+                if a.header.index != index {
+                    continue;
+                }
+                let ip = a.attributes.iter().find_map(|x| match x {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let ip = ip.or_else(|| {
+                    a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+                if let Some(ip) = ip {
+                    if let Ok(n) = IpNetwork::new(ip, a.header.prefix_len) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- routes ----
+
+    pub fn add_route(&mut self, index: u32, dst: IpNetwork, gw: Option<IpAddr>, r: Option<&crate::cni::Route>) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family_of(&dst.ip());
+        m.header.destination_prefix_length = dst.prefix();
+        m.header.table = r.and_then(|r| r.table).filter(|t| *t < 256).map(|t| t as u8).unwrap_or(RouteHeader::RT_TABLE_MAIN);
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = match (r.and_then(|r| r.scope), gw) {
+            (Some(s), _) => RouteScope::from(s),
+            (None, Some(_)) => RouteScope::Universe,
+            (None, None) => RouteScope::Link,
+        };
+        m.header.kind = RouteType::Unicast;
+        if dst.prefix() > 0 {
+            m.attributes.push(RouteAttribute::Destination(route_addr(dst.network())));
+        }
+        if let Some(gw) = gw {
+            m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        }
+        m.attributes.push(RouteAttribute::Oif(index));
+        if let Some(r) = r {
+            if let Some(p) = r.priority {
+                m.attributes.push(RouteAttribute::Priority(p));
+            }
+            if let Some(t) = r.table.filter(|t| *t >= 256) {
+                m.attributes.push(RouteAttribute::Table(t));
+            }
+            let mut metrics = Vec::new();
+            if let Some(mtu) = r.mtu {
+                metrics.push(netlink_packet_route::route::RouteMetric::Mtu(mtu));
+            }
+            if let Some(mss) = r.adv_mss {
+                metrics.push(netlink_packet_route::route::RouteMetric::Advmss(mss));
+            }
+            if !metrics.is_empty() {
+                m.attributes.push(RouteAttribute::Metrics(metrics));
+            }
+        }
+        self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL).map(|_| ())
+    }
+
+    /// Routes of the main table.
+    pub fn routes(&mut self) -> io::Result<Vec<RouteEntry>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = RouteMessage::default();
+            q.header.address_family = fam;
+            for m in self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)? {
+                let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+                let mut table = r.header.table as u32;
+                let mut dst = None;
+                let mut gw = None;
+                let mut oif = None;
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => dst = ip_of(d),
+                        RouteAttribute::Gateway(g) => gw = ip_of(g),
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        RouteAttribute::Table(t) => table = *t,
+                        _ => {}
+                    }
+                }
+                if table != RouteHeader::RT_TABLE_MAIN as u32 {
+                    continue;
+                }
+                let dst = dst.unwrap_or(match fam {
+                    AddressFamily::Inet => IpAddr::from([0u8; 4]),
+                    _ => IpAddr::from([0u16; 8]),
+                });
+                if let Ok(dst) = IpNetwork::new(dst, r.header.destination_prefix_length) {
+                    out.push(RouteEntry { dst, gw, oif });
+                }
+            }
+        }
+        Ok(out)
+    }
+}

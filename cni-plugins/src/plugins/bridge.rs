@@ -1,0 +1,693 @@
+//! bridge: a Linux bridge on the node, a veth per pod (pod end named CNI_IFNAME in the
+//! pod's netns, node end enslaved), addresses from the IPAM delegate, optional gateway
+//! address on the bridge, default route and masquerade. Accepts the reference schema.
+
+use std::io;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use netlink_packet_route::link::InfoBridgePort;
+use serde::Deserialize;
+
+use crate::cni::skel::{CmdArgs, Command, Plugin};
+use crate::cni::{CniResult, Code, Error, Interface, Result, Route};
+use crate::net::masq::{self, Backend, Owner};
+use crate::net::netlink::{self, Link, Netlink};
+use crate::net::netns::NetNs;
+use crate::net::sysctl;
+
+pub struct Bridge;
+
+#[derive(Debug, Clone, Deserialize)]
+struct VlanTrunk {
+    #[serde(default, rename = "minID")]
+    min_id: Option<i64>,
+    #[serde(default, rename = "maxID")]
+    max_id: Option<i64>,
+    #[serde(default)]
+    id: Option<i64>,
+}
+
+fn default_bridge() -> String {
+    "cni0".into()
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Conf {
+    #[serde(default = "default_bridge")]
+    bridge: String,
+    #[serde(default, rename = "isGateway")]
+    is_gw: bool,
+    #[serde(default, rename = "isDefaultGateway")]
+    is_default_gw: bool,
+    #[serde(default, rename = "forceAddress")]
+    force_address: bool,
+    #[serde(default, rename = "ipMasq")]
+    ip_masq: bool,
+    #[serde(default, rename = "ipMasqBackend")]
+    ip_masq_backend: Option<String>,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default, rename = "hairpinMode")]
+    hairpin: bool,
+    #[serde(default, rename = "promiscMode")]
+    promisc: bool,
+    #[serde(default)]
+    vlan: i64,
+    #[serde(default, rename = "vlanTrunk")]
+    vlan_trunk: Option<Vec<VlanTrunk>>,
+    #[serde(default = "yes", rename = "preserveDefaultVlan")]
+    preserve_default_vlan: bool,
+    #[serde(default)]
+    macspoofchk: bool,
+    #[serde(default)]
+    enabledad: bool,
+    #[serde(default, rename = "disableContainerInterface")]
+    disable_container_interface: bool,
+    #[serde(default, rename = "portIsolation")]
+    port_isolation: bool,
+    #[serde(skip)]
+    vlans: Vec<u16>,
+    #[serde(skip)]
+    mac: Option<String>,
+}
+
+fn load(args: &CmdArgs) -> Result<Conf> {
+    let mut n: Conf = args.plugin_conf()?;
+    if n.vlan < 0 || n.vlan > 4094 {
+        return Err(Error::config(format!("invalid VLAN ID {} (must be between 0 and 4094)", n.vlan)));
+    }
+    let mut vlans = std::collections::BTreeSet::new();
+    for t in n.vlan_trunk.iter().flatten() {
+        let ok = |v: i64| (1..=4094).contains(&v);
+        match (t.min_id, t.max_id) {
+            (Some(a), Some(b)) => {
+                if !ok(a) || !ok(b) {
+                    return Err(Error::config("incorrect trunk minID/maxID parameter"));
+                }
+                if b < a {
+                    return Err(Error::config("minID is greater than maxID in trunk parameter"));
+                }
+                vlans.extend((a..=b).map(|v| v as u16));
+            }
+            (None, Some(_)) | (Some(_), None) => {
+                return Err(Error::config("minID and maxID should be configured simultaneously"))
+            }
+            (None, None) => {}
+        }
+        if let Some(id) = t.id {
+            if !ok(id) {
+                return Err(Error::config("incorrect trunk id parameter"));
+            }
+            vlans.insert(id as u16);
+        }
+    }
+    n.vlans = vlans.into_iter().collect();
+    if n.vlan > 0 && !n.vlans.is_empty() {
+        return Err(Error::config("cannot set vlan and vlanTrunk at the same time"));
+    }
+    if n.is_default_gw {
+        n.is_gw = true;
+    }
+    for (k, v) in args.cni_args() {
+        if k.eq_ignore_ascii_case("MAC") && !v.is_empty() {
+            n.mac = Some(v);
+        }
+    }
+    for p in ["/args/cni/mac", "/runtimeConfig/mac"] {
+        if let Some(m) = args.raw.pointer(p).and_then(|v| v.as_str()).filter(|m| !m.is_empty()) {
+            n.mac = Some(m.to_string());
+        }
+    }
+    Ok(n)
+}
+
+fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Error {
+    move |e| Error::internal(format!("{what}: {e}"))
+}
+
+fn owner<'a>(args: &'a CmdArgs) -> Owner<'a> {
+    Owner {
+        network: &args.conf.name,
+        container_id: &args.container_id,
+        ifname: &args.ifname,
+    }
+}
+
+/// Create the bridge if missing (race-safe: EEXIST means another ADD won) and bring it up.
+fn ensure_bridge(nl: &mut Netlink, n: &Conf) -> Result<Link> {
+    let mut br = nl.link_by_name(&n.bridge).map_err(nl_err("lookup bridge"))?;
+    if br.is_none() {
+        let mtu = (n.mtu > 0).then_some(n.mtu);
+        let vlan_filtering = n.vlan != 0 || n.vlan_trunk.is_some();
+        match nl.create_bridge(&n.bridge, mtu, vlan_filtering) {
+            Ok(()) => {}
+            Err(e) if netlink::is_exists(&e) => {}
+            Err(e) => return Err(Error::internal(format!("could not add {:?}: {e}", n.bridge))),
+        }
+        // We own the routes of this interface.
+        let _ = std::fs::write(sysctl::iface_path("ipv6", &n.bridge, "accept_ra"), "0");
+        br = nl.link_by_name(&n.bridge).map_err(nl_err("lookup bridge"))?;
+    }
+    let br = br.ok_or_else(|| Error::internal(format!("could not lookup {:?}", n.bridge)))?;
+    if br.kind.as_deref() != Some("bridge") {
+        return Err(Error::internal(format!("{:?} already exists but is not a bridge", n.bridge)));
+    }
+    if n.promisc && !br.promisc {
+        nl.set_promisc(br.index, true).map_err(nl_err("set promisc"))?;
+    }
+    if !br.up {
+        nl.set_up(br.index, true).map_err(nl_err("set bridge up"))?;
+    }
+    Ok(br)
+}
+
+fn random_veth_name() -> String {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most b.len() bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id();
+        b = t.to_ne_bytes();
+    }
+    format!("veth{:08x}", u32::from_ne_bytes(b))
+}
+
+/// What a failed ADD must undo, in reverse.
+#[derive(Default)]
+struct Undo {
+    host_veth: Option<u32>,
+    ipam: bool,
+    masq: Option<Backend>,
+    spoofchk: bool,
+}
+
+/// `net.ipv4.ip_forward` / `net.ipv6.conf.all.forwarding`.
+fn enable_forward(v6: bool) -> Result<()> {
+    let p = if v6 {
+        "/proc/sys/net/ipv6/conf/all/forwarding"
+    } else {
+        "/proc/sys/net/ipv4/ip_forward"
+    };
+    sysctl::ensure(p, "1").map_err(|e| Error::io("failed to enable forwarding", e))
+}
+
+fn gateway_of(a: &IpNetwork) -> IpAddr {
+    let net = crate::ipam::config::to_u128(a.network());
+    crate::ipam::config::from_u128(net + 1, &a.ip())
+}
+
+/// Put `gw` on the bridge; another address of the family (overlapping for v6) is an
+/// error unless forceAddress, which replaces it.
+fn ensure_gateway_addr(nl: &mut Netlink, br: &Link, gw: IpNetwork, force: bool) -> Result<bool> {
+    let addrs = nl.addrs(br.index).map_err(nl_err("list bridge addresses"))?;
+    for a in &addrs {
+        if *a == gw {
+            return Ok(false);
+        }
+        if a.is_ipv4() != gw.is_ipv4() {
+            continue;
+        }
+        let conflicts = gw.is_ipv4() || a.contains(gw.ip()) || gw.contains(a.ip());
+        if conflicts && a.is_ipv4() == gw.is_ipv4() && !(a.is_ipv6() && a.ip().to_string().starts_with("fe80")) {
+            if force {
+                nl.del_addr(br.index, *a).map_err(nl_err("remove bridge address"))?;
+            } else {
+                return Err(Error::internal(format!(
+                    "{:?} already has an IP address different from {gw}",
+                    br.name
+                )));
+            }
+        }
+    }
+    match nl.add_addr(br.index, gw, true) {
+        Ok(()) => Ok(true),
+        Err(e) if netlink::is_exists(&e) => Ok(false),
+        Err(e) => Err(Error::internal(format!("could not add IP address to {:?}: {e}", br.name))),
+    }
+}
+
+// ---- macspoofchk (nftables, bridge family) ----
+
+fn spoof_chain(args: &CmdArgs) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{}-{}", args.container_id, args.ifname));
+    let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("cni-br-iface-{hex}")
+}
+
+fn spoof_setup(args: &CmdArgs, host_veth: &str, mac: &str) -> Result<()> {
+    let c = spoof_chain(args);
+    let script = format!(
+        "add table bridge nat\n\
+         add chain bridge nat PREROUTING {{ type filter hook prerouting priority -300; }}\n\
+         add chain bridge nat {c}\n\
+         add rule bridge nat {c} ether saddr {mac} return\n\
+         add rule bridge nat {c} drop\n\
+         add rule bridge nat PREROUTING iifname \"{host_veth}\" jump {c} comment \"{c}\"\n"
+    );
+    nft(&script)
+}
+
+fn spoof_teardown(args: &CmdArgs) {
+    let c = spoof_chain(args);
+    let Ok(out) = std::process::Command::new("nft")
+        .args(["-a", "list", "chain", "bridge", "nat", "PREROUTING"])
+        .output()
+    else {
+        return;
+    };
+    let mut script = String::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.contains(&format!("jump {c}")) {
+            if let Some(h) = line.rsplit("# handle ").next() {
+                script.push_str(&format!("delete rule bridge nat PREROUTING handle {}\n", h.trim()));
+            }
+        }
+    }
+    script.push_str(&format!("flush chain bridge nat {c}\ndelete chain bridge nat {c}\n"));
+    let _ = nft(&script);
+}
+
+fn nft(script: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::internal(format!("failed to run nft: {e}")))?;
+    if let Some(mut si) = child.stdin.take() {
+        let _ = si.write_all(script.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::internal(format!("nft: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::internal(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+impl Bridge {
+    fn add_inner(&self, args: &CmdArgs, n: &Conf, undo: &mut Undo) -> Result<CniResult> {
+        let mut nl = Netlink::new().map_err(nl_err("netlink"))?;
+        let br = ensure_bridge(&mut nl, n)?;
+        let ns = NetNs::open(&args.netns).map_err(|e| {
+            Error::new(Code::InvalidNetns, format!("failed to open netns {:?}: {e}", args.netns))
+        })?;
+        let mut cnl = ns.netlink().map_err(nl_err("netlink in netns"))?;
+        if cnl.link_by_name(&args.ifname).map_err(nl_err("lookup"))?.is_some() {
+            return Err(Error::internal(format!(
+                "container veth name provided ({}) already exists",
+                args.ifname
+            )));
+        }
+        let mac = match &n.mac {
+            Some(m) => Some(netlink::parse_mac(m).map_err(|e| Error::config(e.to_string()))?),
+            None => None,
+        };
+        let mtu = (n.mtu > 0).then_some(n.mtu);
+
+        // The veth: created in one message, already enslaved and up.
+        let mut host_name = String::new();
+        for attempt in 0..10 {
+            let name = random_veth_name();
+            match nl.create_veth(&name, &args.ifname, ns.fd(), mtu, mac.as_deref(), Some(br.index)) {
+                Ok(()) => {
+                    host_name = name;
+                    break;
+                }
+                Err(e) if netlink::is_exists(&e) && attempt < 9 => {
+                    if cnl.link_by_name(&args.ifname).map_err(nl_err("lookup"))?.is_some() {
+                        return Err(Error::internal(format!(
+                            "container veth name provided ({}) already exists",
+                            args.ifname
+                        )));
+                    }
+                }
+                Err(e) => return Err(Error::internal(format!("failed to create veth: {e}"))),
+            }
+        }
+        let host = nl
+            .link_by_name(&host_name)
+            .map_err(nl_err("lookup veth"))?
+            .ok_or_else(|| Error::internal(format!("failed to lookup {host_name:?}")))?;
+        undo.host_veth = Some(host.index);
+
+        if n.hairpin || n.port_isolation {
+            let mut opts = Vec::new();
+            if n.hairpin {
+                opts.push(InfoBridgePort::HairpinMode(true));
+            }
+            if n.port_isolation {
+                opts.push(InfoBridgePort::Isolated(true));
+            }
+            nl.set_bridge_port(host.index, opts)
+                .map_err(nl_err(format!("failed to set bridge port options on {host_name}")))?;
+        }
+        if (n.vlan != 0 || !n.vlans.is_empty()) && !n.preserve_default_vlan {
+            let _ = nl.bridge_vlan(host.index, 1, false, false, false);
+        }
+        if n.vlan != 0 {
+            nl.bridge_vlan(host.index, n.vlan as u16, true, true, true)
+                .map_err(nl_err(format!("failed to setup vlan tag on interface {host_name}")))?;
+        }
+        for v in &n.vlans {
+            nl.bridge_vlan(host.index, *v, false, false, true)
+                .map_err(nl_err(format!("failed to setup vlan tag on interface {host_name}")))?;
+        }
+
+        let cont = cnl
+            .link_by_name(&args.ifname)
+            .map_err(nl_err("lookup"))?
+            .ok_or_else(|| Error::internal(format!("failed to lookup {:?}", args.ifname)))?;
+        if n.disable_container_interface {
+            cnl.set_up(cont.index, false).map_err(nl_err("set container interface down"))?;
+        }
+
+        if n.macspoofchk {
+            undo.spoofchk = true;
+            spoof_setup(args, &host_name, &cont.mac)?;
+        }
+
+        let mut result = CniResult::default();
+        if !args.conf.ipam.plugin_type.is_empty() {
+            let r = super::ipam(args, Command::Add)?.unwrap_or_default();
+            undo.ipam = true;
+            result.ips = r.ips;
+            result.routes = r.routes;
+            result.dns = r.dns;
+            if result.ips.is_empty() {
+                return Err(Error::internal("IPAM plugin returned missing IP config"));
+            }
+            // Gateways and default routes per family.
+            let mut default_found = [false, false];
+            for ip in result.ips.iter_mut() {
+                ip.interface = Some(2);
+                if ip.gateway.is_none() && n.is_gw {
+                    ip.gateway = Some(gateway_of(&ip.address));
+                }
+            }
+            if n.is_default_gw {
+                for ip in result.ips.clone() {
+                    let fam = ip.address.is_ipv6() as usize;
+                    let zero: IpNetwork = if fam == 0 { "0.0.0.0/0" } else { "::/0" }.parse().expect("literal");
+                    if !default_found[fam] {
+                        default_found[fam] = result.routes.iter().any(|r| r.gw.is_some() && r.dst == zero);
+                    }
+                    if !default_found[fam] {
+                        result.routes.push(Route::new(zero, ip.gateway));
+                        default_found[fam] = true;
+                    }
+                }
+            }
+
+            if !n.disable_container_interface {
+                self.configure_container(&ns, &mut cnl, &cont, args, n, &result)?;
+            }
+
+            if n.is_gw {
+                let mut pinned = false;
+                for ip in &result.ips {
+                    let Some(gw) = ip.gateway else { continue };
+                    let gw = IpNetwork::new(gw, ip.address.prefix()).map_err(|e| Error::internal(e.to_string()))?;
+                    if ensure_gateway_addr(&mut nl, &br, gw, n.force_address)? && !pinned {
+                        // Pin the bridge's MAC, else it follows the lowest port's MAC.
+                        if let Some(b) = nl.link_by_name(&br.name).map_err(nl_err("lookup bridge"))? {
+                            if let Ok(mac) = netlink::parse_mac(&b.mac) {
+                                let _ = nl.set_mac(b.index, &mac);
+                            }
+                        }
+                        pinned = true;
+                    }
+                    enable_forward(gw.is_ipv6())?;
+                }
+            }
+
+            if n.ip_masq {
+                let backend = Backend::choose(n.ip_masq_backend.as_deref())?;
+                undo.masq = Some(backend);
+                let addrs: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
+                masq::setup(backend, &addrs, &owner(args))?;
+            }
+        }
+
+        let host = nl.link_by_name(&host_name).map_err(nl_err("lookup veth"))?.unwrap_or(host);
+        let br = nl.link_by_name(&n.bridge).map_err(nl_err("lookup bridge"))?.unwrap_or(br);
+        result.interfaces = vec![
+            Interface {
+                name: br.name.clone(),
+                mac: br.mac.clone(),
+                mtu: Some(br.mtu),
+                ..Default::default()
+            },
+            Interface {
+                name: host.name.clone(),
+                mac: host.mac.clone(),
+                mtu: Some(host.mtu),
+                ..Default::default()
+            },
+            Interface {
+                name: cont.name.clone(),
+                mac: cont.mac.clone(),
+                mtu: Some(cont.mtu),
+                sandbox: args.netns.clone(),
+                ..Default::default()
+            },
+        ];
+        if args.conf.dns.is_set() {
+            result.dns = args.conf.dns.clone();
+        }
+        Ok(result)
+    }
+
+    /// Addresses, sysctls and routes inside the pod's netns.
+    fn configure_container(
+        &self,
+        ns: &NetNs,
+        cnl: &mut Netlink,
+        cont: &Link,
+        args: &CmdArgs,
+        n: &Conf,
+        result: &CniResult,
+    ) -> Result<()> {
+        let ifname = args.ifname.clone();
+        let has_v6 = result.ips.iter().any(|i| i.address.is_ipv6());
+        let enabledad = n.enabledad;
+        ns.run(|| {
+            if has_v6 {
+                if enabledad {
+                    let _ = std::fs::write(sysctl::iface_path("ipv6", &ifname, "enhanced_dad"), "1");
+                    let _ = std::fs::write(sysctl::iface_path("ipv6", &ifname, "accept_dad"), "1");
+                } else {
+                    let _ = std::fs::write(sysctl::iface_path("ipv6", &ifname, "accept_dad"), "0");
+                }
+            }
+            let _ = std::fs::write(sysctl::iface_path("ipv4", &ifname, "arp_notify"), "1");
+        })
+        .map_err(|e| Error::internal(e.to_string()))?;
+        for ip in &result.ips {
+            match cnl.add_addr(cont.index, ip.address, !n.enabledad) {
+                Ok(()) => {}
+                Err(e) if netlink::is_exists(&e) => {}
+                Err(e) => {
+                    return Err(Error::internal(format!(
+                        "failed to add IP addr {} to {:?}: {e}",
+                        ip.address, args.ifname
+                    )))
+                }
+            }
+        }
+        let gw4 = result.ips.iter().filter(|i| i.address.is_ipv4()).find_map(|i| i.gateway);
+        let gw6 = result.ips.iter().filter(|i| i.address.is_ipv6()).find_map(|i| i.gateway);
+        for r in &result.routes {
+            let gw = r.gw.or(if r.dst.is_ipv4() { gw4 } else { gw6 });
+            match cnl.add_route(cont.index, r.dst, gw, Some(r)) {
+                Ok(()) => {}
+                Err(e) if netlink::is_exists(&e) => {}
+                Err(e) => {
+                    return Err(Error::internal(format!(
+                        "failed to add route '{} via {:?} dev {}': {e}",
+                        r.dst, gw, args.ifname
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Plugin for Bridge {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult> {
+        let n = load(args)?;
+        if n.hairpin && n.promisc {
+            return Err(Error::config("cannot set hairpin mode and promiscuous mode at the same time"));
+        }
+        let mut undo = Undo::default();
+        let out = self.add_inner(args, &n, &mut undo);
+        if out.is_err() {
+            if let Some(b) = undo.masq {
+                let _ = masq::teardown(b, &owner(args));
+            }
+            if undo.ipam {
+                let _ = super::ipam(args, Command::Del);
+            }
+            if undo.spoofchk {
+                spoof_teardown(args);
+            }
+            if let Some(idx) = undo.host_veth {
+                if let Ok(mut nl) = Netlink::new() {
+                    let _ = nl.delete_link(idx);
+                }
+            }
+        }
+        out
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<()> {
+        let n = load(args)?;
+        let l3 = !args.conf.ipam.plugin_type.is_empty();
+        if !args.netns.is_empty() {
+            match NetNs::open(&args.netns) {
+                Ok(ns) => {
+                    let mut cnl = ns.netlink().map_err(nl_err("netlink in netns"))?;
+                    if let Some(l) = cnl.link_by_name(&args.ifname).map_err(nl_err("lookup"))? {
+                        match cnl.delete_link(l.index) {
+                            Ok(()) => {}
+                            Err(e) if netlink::is_not_found(&e) => {}
+                            Err(e) => return Err(Error::internal(format!("failed to delete {:?}: {e}", args.ifname))),
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::new(Code::InvalidNetns, format!("failed to open netns {:?}: {e}", args.netns)))
+                }
+            }
+        }
+        if l3 {
+            super::ipam(args, Command::Del)?;
+        }
+        if n.macspoofchk {
+            spoof_teardown(args);
+        }
+        if l3 && n.ip_masq {
+            masq::teardown(Backend::choose(n.ip_masq_backend.as_deref())?, &owner(args))?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<()> {
+        let n = load(args)?;
+        let ns = NetNs::open(&args.netns).map_err(|e| {
+            Error::new(Code::InvalidNetns, format!("failed to open netns {:?}: {e}", args.netns))
+        })?;
+        if !args.conf.ipam.plugin_type.is_empty() {
+            super::ipam(args, Command::Check)?;
+        }
+        let prev = args
+            .prev_result()?
+            .ok_or_else(|| Error::config("Required prevResult missing"))?;
+        let mut nl = Netlink::new().map_err(nl_err("netlink"))?;
+        let mut cnl = ns.netlink().map_err(nl_err("netlink in netns"))?;
+
+        let br_if = prev.interfaces.iter().find(|i| i.name == n.bridge);
+        let cont_if = prev
+            .interfaces
+            .iter()
+            .find(|i| i.name == args.ifname && i.sandbox == args.netns);
+        let br = nl
+            .link_by_name(&n.bridge)
+            .map_err(nl_err("lookup bridge"))?
+            .filter(|_| br_if.is_some())
+            .ok_or_else(|| Error::internal(format!("CNI created bridge {} in host namespace was not found", n.bridge)))?;
+        if br.kind.as_deref() != Some("bridge") {
+            return Err(Error::internal(format!("Interface {} does not have link type of bridge", br.name)));
+        }
+        if let Some(bi) = br_if {
+            if !bi.mac.is_empty() && bi.mac != br.mac {
+                return Err(Error::internal(format!("Bridge interface {} Mac doesn't match: {}", br.name, bi.mac)));
+            }
+        }
+        if br.promisc != n.promisc {
+            return Err(Error::internal(format!(
+                "Bridge interface {} configured Promisc Mode {} doesn't match current state: {}",
+                br.name, n.promisc, br.promisc
+            )));
+        }
+        let cont_if = cont_if.ok_or_else(|| {
+            Error::internal(format!("Sandbox in prevResult doesn't match configured netns: {}", args.netns))
+        })?;
+        let cont = cnl
+            .link_by_name(&args.ifname)
+            .map_err(nl_err("lookup"))?
+            .ok_or_else(|| Error::internal(format!("Interface name {} not found", args.ifname)))?;
+        if cont.kind.as_deref() != Some("veth") {
+            return Err(Error::internal(format!("Error: Container interface {} not of type veth", cont.name)));
+        }
+        if !cont_if.mac.is_empty() && cont_if.mac != cont.mac {
+            return Err(Error::internal(format!(
+                "Interface {} Mac {} doesn't match container Mac: {}",
+                cont.name, cont_if.mac, cont.mac
+            )));
+        }
+        let veth_ok = prev
+            .interfaces
+            .iter()
+            .filter(|i| i.name != n.bridge && i.sandbox.is_empty())
+            .filter_map(|i| nl.link_by_name(&i.name).ok().flatten())
+            .any(|l| l.index == cont.peer.unwrap_or(0) && l.peer == Some(cont.index) && l.master == Some(br.index));
+        if !veth_ok {
+            return Err(Error::internal(format!("CNI veth created for bridge {} was not found", n.bridge)));
+        }
+        let have = cnl.addrs(cont.index).map_err(nl_err("list addresses"))?;
+        for ip in &prev.ips {
+            if !have.contains(&ip.address) {
+                return Err(Error::internal(format!(
+                    "Failed to match addr {} on interface {}",
+                    ip.address, args.ifname
+                )));
+            }
+        }
+        let routes = cnl.routes().map_err(nl_err("list routes"))?;
+        for r in &prev.routes {
+            let found = routes.iter().any(|k| {
+                k.dst == IpNetwork::new(r.dst.network(), r.dst.prefix()).unwrap_or(r.dst)
+                    && (r.gw.is_none() || k.gw == r.gw)
+            });
+            if !found {
+                return Err(Error::internal(format!("Route to {} not found", r.dst)));
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<()> {
+        load(args)?;
+        if !args.conf.ipam.plugin_type.is_empty() {
+            super::ipam(args, Command::Status)?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<()> {
+        let n = load(args)?;
+        if n.ip_masq {
+            let valid = super::valid_attachments(args);
+            masq::gc(Backend::choose(n.ip_masq_backend.as_deref())?, &args.conf.name, &valid)?;
+        }
+        if !args.conf.ipam.plugin_type.is_empty() {
+            super::ipam(args, Command::Gc)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! The plugins, one file each, reading like the spec's verbs; plus running the IPAM
+//! delegate (exec from CNI_PATH like libcni, or in-process when CNI_PATH resolves the
+//! delegate to this very binary's host-local: same code, same behaviour, no exec).
+
+pub mod bridge;
+pub mod host_local;
+pub mod loopback;
+
+use std::path::Path;
+
+use crate::cni::skel::{CmdArgs, Command, Plugin};
+use crate::cni::{invoke, CniResult, Result};
+
+/// The plugin an applet name stands for (`bridge`, `nestbox-bridge`, ...).
+pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
+    match name.strip_prefix("nestbox-").unwrap_or(name) {
+        "bridge" => Some(&bridge::Bridge),
+        "host-local" => Some(&host_local::HostLocal),
+        "loopback" => Some(&loopback::Loopback),
+        _ => None,
+    }
+}
+
+fn is_our_host_local(exe: &Path) -> bool {
+    let Some(name) = exe.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.strip_prefix("nestbox-").unwrap_or(name) != "host-local" {
+        return false;
+    }
+    match (std::fs::canonicalize(exe), std::fs::canonicalize("/proc/self/exe")) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Run the IPAM delegate named by `ipam.type` for `cmd`; ADD returns its result.
+pub fn ipam(args: &CmdArgs, cmd: Command) -> Result<Option<CniResult>> {
+    let exe = invoke::find_in_path(&args.conf.ipam.plugin_type, &args.path)?;
+    if is_our_host_local(&exe) {
+        let hl = host_local::HostLocal;
+        return match cmd {
+            Command::Add => hl.add(args).map(Some),
+            Command::Del => hl.del(args).map(|_| None),
+            Command::Check => hl.check(args).map(|_| None),
+            Command::Status => hl.status(args).map(|_| None),
+            Command::Gc => hl.gc(args).map(|_| None),
+            Command::Version => Ok(None),
+        };
+    }
+    let verb = match cmd {
+        Command::Add => return invoke::exec_add(&exe, &args.stdin).map(Some),
+        Command::Del => "DEL",
+        Command::Check => "CHECK",
+        Command::Status => "STATUS",
+        Command::Gc => "GC",
+        Command::Version => "VERSION",
+    };
+    invoke::exec(&exe, verb, &args.stdin, &[]).map(|_| None)
+}
+
+/// `cni.dev/valid-attachments` (or the older `cni.dev/attachments`) of a GC config.
+pub fn valid_attachments(args: &CmdArgs) -> Vec<(String, String)> {
+    let list = args
+        .raw
+        .get("cni.dev/valid-attachments")
+        .or_else(|| args.raw.get("cni.dev/attachments"))
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    list.iter()
+        .filter_map(|a| {
+            Some((
+                a.get("containerID")?.as_str()?.to_string(),
+                a.get("ifname")?.as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
