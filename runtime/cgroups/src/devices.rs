@@ -7,7 +7,12 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
 use crate::{fs, Error, Layout};
 
-fn rule(typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str) -> LinuxDeviceCgroup {
+fn rule(
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
     let mut r = LinuxDeviceCgroup::default();
     r.set_allow(true);
     r.set_typ(Some(typ));
@@ -60,7 +65,10 @@ pub(crate) fn v1_line(r: &LinuxDeviceCgroup) -> Result<String, Error> {
     if matches!(typ, LinuxDeviceType::U | LinuxDeviceType::P) {
         return Err(Error::InvalidValue {
             field: "devices.type".to_owned(),
-            reason: format!("{:?} rules cannot be expressed in the devices cgroup", typ.as_str()),
+            reason: format!(
+                "{:?} rules cannot be expressed in the devices cgroup",
+                typ.as_str()
+            ),
         });
     }
     let n = |v: Option<i64>| v.map_or("*".to_owned(), |v| v.to_string());
@@ -78,7 +86,11 @@ pub(crate) fn set_v1(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Erro
     fs::write("devices", dir, "devices.deny", "a")?;
     let defaults = default_allowed_devices();
     for r in rules.iter().chain(defaults.iter()) {
-        let file = if r.allow() { "devices.allow" } else { "devices.deny" };
+        let file = if r.allow() {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
         if is_all(r) {
             // "a" alone switches the default policy and clears the list.
             fs::write("devices", dir, file, "a")?;

@@ -62,7 +62,10 @@ pub(crate) fn parse_u64(path: &Path, text: &str) -> Result<u64, Error> {
         return Ok(u64::MAX);
     }
     t.parse::<u64>()
-        .or_else(|_| t.parse::<i64>().map(|v| if v < 0 { u64::MAX } else { v as u64 }))
+        .or_else(|_| {
+            t.parse::<i64>()
+                .map(|v| if v < 0 { u64::MAX } else { v as u64 })
+        })
         .map_err(|_| parse_err(path.to_owned(), &format!("expected a number, found {t:?}")))
 }
 
@@ -114,7 +117,10 @@ mod tests {
         assert_eq!(parse_u64(p, "42\n").ok(), Some(42));
         assert_eq!(parse_u64(p, "max\n").ok(), Some(u64::MAX));
         assert_eq!(parse_u64(p, "-1").ok(), Some(u64::MAX));
-        let err = parse_u64(p, "abc").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse_u64(p, "abc")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("/x") && err.contains("abc"), "{err}");
     }
 

@@ -22,14 +22,16 @@ use serde::{Deserialize, Serialize};
 pub use devices::default_allowed_devices;
 pub use mountinfo::Layout;
 pub use stats::{
-    BlkioEntry, BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryEntry, MemoryStats,
-    PidsStats, Stats, Throttling,
+    BlkioEntry, BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryEntry, MemoryStats, PidsStats,
+    Stats, Throttling,
 };
 
 /// Errors name the resource field and the cgroup file involved.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
-    #[error("no cgroup filesystem is mounted (nothing of type cgroup/cgroup2 in /proc/self/mountinfo)")]
+    #[error(
+        "no cgroup filesystem is mounted (nothing of type cgroup/cgroup2 in /proc/self/mountinfo)"
+    )]
     NoCgroupMount,
     #[error("reading {path}: {source}")]
     Read {
@@ -61,7 +63,9 @@ pub enum Error {
     SystemdUnsupported,
     #[error("{field}: invalid value: {reason}")]
     InvalidValue { field: String, reason: String },
-    #[error("{field}: the {controller} controller is not available in any mounted cgroup hierarchy")]
+    #[error(
+        "{field}: the {controller} controller is not available in any mounted cgroup hierarchy"
+    )]
     MissingController { field: String, controller: String },
     #[error("{field}: not supported with {layout}: {reason}")]
     Unsupported {
@@ -196,7 +200,11 @@ fn requested_path(
                 }
             }
         };
-        let slice = if slice.is_empty() { "system.slice" } else { slice };
+        let slice = if slice.is_empty() {
+            "system.slice"
+        } else {
+            slice
+        };
         let mut comps = expand_slice(spec, slice)?;
         let unit = if name.ends_with(".slice") {
             name.to_owned()

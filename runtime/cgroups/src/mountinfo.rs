@@ -289,7 +289,10 @@ mod tests {
             own_path(mem, &procs),
             "/process_api/5dfad81183c806e833a2d0f05414a0a5"
         );
-        let cpu = mounts.iter().find(|m| m.controllers == ["cpu"]).expect("cpu");
+        let cpu = mounts
+            .iter()
+            .find(|m| m.controllers == ["cpu"])
+            .expect("cpu");
         assert_eq!(own_path(cpu, &procs), "/");
         let v2 = mounts.iter().find(|m| m.v2).expect("v2");
         assert_eq!(own_path(v2, &procs), "/");
@@ -298,7 +301,9 @@ mod tests {
     #[test]
     fn comounted_proc_lines_match_their_hierarchy() {
         let mounts = parse_mountinfo(V1_COMOUNTED);
-        let procs = parse_proc_cgroup("4:cpu,cpuacct:/user.slice\n1:name=systemd:/user.slice/s.scope\n0::/x\n");
+        let procs = parse_proc_cgroup(
+            "4:cpu,cpuacct:/user.slice\n1:name=systemd:/user.slice/s.scope\n0::/x\n",
+        );
         let cpu = mounts
             .iter()
             .find(|m| m.controllers.contains(&"cpuacct".to_owned()))

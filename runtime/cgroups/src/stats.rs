@@ -124,7 +124,9 @@ pub(crate) fn collect(cg: &Cgroup) -> Result<Stats, Error> {
         let d = &h.dir;
         s.cpu.usage.total = fs::read_u64_or_zero(d, "cpuacct.usage")?;
         let list = |f: &str| -> Result<Vec<u64>, Error> {
-            Ok(fs::read_opt(d, f)?.map(|t| fs::parse_list(&t)).unwrap_or_default())
+            Ok(fs::read_opt(d, f)?
+                .map(|t| fs::parse_list(&t))
+                .unwrap_or_default())
         };
         s.cpu.usage.percpu = list("cpuacct.usage_percpu")?;
         s.cpu.usage.percpu_kernel = list("cpuacct.usage_percpu_sys")?;
@@ -339,7 +341,11 @@ pub(crate) fn hugepage_sizes() -> Vec<String> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let kb: u64 = name.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()?;
+            let kb: u64 = name
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
             Some(page_size_name(kb))
         })
         .collect();
@@ -348,9 +354,9 @@ pub(crate) fn hugepage_sizes() -> Vec<String> {
 }
 
 pub(crate) fn page_size_name(kb: u64) -> String {
-    if kb >= 1 << 20 && kb % (1 << 20) == 0 {
+    if kb >= 1 << 20 && kb.is_multiple_of(1 << 20) {
         format!("{}GB", kb >> 20)
-    } else if kb >= 1 << 10 && kb % (1 << 10) == 0 {
+    } else if kb >= 1 << 10 && kb.is_multiple_of(1 << 10) {
         format!("{}MB", kb >> 10)
     } else {
         format!("{kb}KB")
@@ -365,7 +371,10 @@ mod tests {
     fn blkio_lines() {
         let e = parse_blkio_v1("8:0 Read 4096\n8:0 Write 0\nTotal 4096\n");
         assert_eq!(e.len(), 2);
-        assert_eq!((e[0].major, e[0].minor, e[0].op.as_str(), e[0].value), (8, 0, "Read", 4096));
+        assert_eq!(
+            (e[0].major, e[0].minor, e[0].op.as_str(), e[0].value),
+            (8, 0, "Read", 4096)
+        );
         let (b, i) = parse_io_stat("254:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n");
         assert_eq!(b.len(), 2);
         assert_eq!(i[1].value, 2);

@@ -10,7 +10,8 @@ const HYBRID: &str = "\
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
-const HYBRID_SELF: &str = "4:memory:/process_api/abc\n1:cpu:/\n9:name=systemd:/\n6:freezer:/\n0::/\n";
+const HYBRID_SELF: &str =
+    "4:memory:/process_api/abc\n1:cpu:/\n9:name=systemd:/\n6:freezer:/\n0::/\n";
 
 fn hugetlb_only(_: &Path) -> Vec<String> {
     vec!["hugetlb".to_owned()]
@@ -28,7 +29,10 @@ fn p(s: &str) -> Option<PathBuf> {
 fn relative_path_nests_under_own_cgroup_per_hierarchy() -> Result<(), Error> {
     let cg = hybrid(Some("box/c1"))?;
     assert_eq!(cg.layout(), Layout::Hybrid);
-    assert_eq!(cg.path("memory"), p("/sys/fs/cgroup/memory/process_api/abc/box/c1"));
+    assert_eq!(
+        cg.path("memory"),
+        p("/sys/fs/cgroup/memory/process_api/abc/box/c1")
+    );
     assert_eq!(cg.path("cpu"), p("/sys/fs/cgroup/cpu/box/c1"));
     assert_eq!(cg.path("systemd"), p("/sys/fs/cgroup/systemd/box/c1"));
     assert_eq!(cg.path("hugetlb"), p("/sys/fs/cgroup/unified/box/c1"));
@@ -48,24 +52,60 @@ fn absolute_path_is_taken_as_is() -> Result<(), Error> {
 #[test]
 fn default_path_is_nestbox_id() -> Result<(), Error> {
     let cg = hybrid(None)?;
-    assert_eq!(cg.path("memory"), p("/sys/fs/cgroup/memory/process_api/abc/nestbox/c1"));
+    assert_eq!(
+        cg.path("memory"),
+        p("/sys/fs/cgroup/memory/process_api/abc/nestbox/c1")
+    );
     assert_eq!(cg.path("freezer"), p("/sys/fs/cgroup/freezer/nestbox/c1"));
     Ok(())
 }
 
 #[test]
 fn dotdot_is_refused() {
-    assert!(matches!(hybrid(Some("../../etc")), Err(Error::InvalidPath { .. })));
-    assert!(matches!(hybrid(Some("/a/../b")), Err(Error::InvalidPath { .. })));
+    assert!(matches!(
+        hybrid(Some("../../etc")),
+        Err(Error::InvalidPath { .. })
+    ));
+    assert!(matches!(
+        hybrid(Some("/a/../b")),
+        Err(Error::InvalidPath { .. })
+    ));
 }
 
 #[test]
 fn systemd_form_needs_systemd() -> Result<(), Error> {
-    let r = Cgroup::resolve_from(HYBRID, HYBRID_SELF, hugetlb_only, Some("system.slice:nb:c1"), "c1", true, false);
+    let r = Cgroup::resolve_from(
+        HYBRID,
+        HYBRID_SELF,
+        hugetlb_only,
+        Some("system.slice:nb:c1"),
+        "c1",
+        true,
+        false,
+    );
     assert!(matches!(r, Err(Error::SystemdUnsupported)));
-    let cg = Cgroup::resolve_from(HYBRID, HYBRID_SELF, hugetlb_only, Some("a-b.slice:nb:c1"), "c1", true, true)?;
-    assert_eq!(cg.path("cpu"), p("/sys/fs/cgroup/cpu/a.slice/a-b.slice/nb-c1.scope"));
-    let bad = Cgroup::resolve_from(HYBRID, HYBRID_SELF, hugetlb_only, Some("/x/y"), "c1", true, true);
+    let cg = Cgroup::resolve_from(
+        HYBRID,
+        HYBRID_SELF,
+        hugetlb_only,
+        Some("a-b.slice:nb:c1"),
+        "c1",
+        true,
+        true,
+    )?;
+    assert_eq!(
+        cg.path("cpu"),
+        p("/sys/fs/cgroup/cpu/a.slice/a-b.slice/nb-c1.scope")
+    );
+    let bad = Cgroup::resolve_from(
+        HYBRID,
+        HYBRID_SELF,
+        hugetlb_only,
+        Some("/x/y"),
+        "c1",
+        true,
+        true,
+    );
     assert!(matches!(bad, Err(Error::InvalidPath { .. })));
     Ok(())
 }
@@ -93,7 +133,15 @@ fn pure_v2_gives_one_directory_for_every_controller() -> Result<(), Error> {
 #[test]
 fn bind_mounted_subtree_strips_its_root() -> Result<(), Error> {
     let mi = "50 40 0:32 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n";
-    let cg = Cgroup::resolve_from(mi, "4:memory:/docker/abc\n", |_| vec![], Some("c1"), "c1", false, false)?;
+    let cg = Cgroup::resolve_from(
+        mi,
+        "4:memory:/docker/abc\n",
+        |_| vec![],
+        Some("c1"),
+        "c1",
+        false,
+        false,
+    )?;
     assert_eq!(cg.path("memory"), p("/sys/fs/cgroup/memory/c1"));
     Ok(())
 }

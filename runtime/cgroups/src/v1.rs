@@ -35,10 +35,18 @@ pub(crate) fn blkio_is_empty(b: &LinuxBlockIo) -> bool {
     b.weight().is_none()
         && b.leaf_weight().is_none()
         && b.weight_device().as_ref().is_none_or(|v| v.is_empty())
-        && b.throttle_read_bps_device().as_ref().is_none_or(|v| v.is_empty())
-        && b.throttle_write_bps_device().as_ref().is_none_or(|v| v.is_empty())
-        && b.throttle_read_iops_device().as_ref().is_none_or(|v| v.is_empty())
-        && b.throttle_write_iops_device().as_ref().is_none_or(|v| v.is_empty())
+        && b.throttle_read_bps_device()
+            .as_ref()
+            .is_none_or(|v| v.is_empty())
+        && b.throttle_write_bps_device()
+            .as_ref()
+            .is_none_or(|v| v.is_empty())
+        && b.throttle_read_iops_device()
+            .as_ref()
+            .is_none_or(|v| v.is_empty())
+        && b.throttle_write_iops_device()
+            .as_ref()
+            .is_none_or(|v| v.is_empty())
 }
 
 /// memory.limit / memory.swap with runc's ordering: memsw (limit+swap) must never be below the
@@ -117,7 +125,12 @@ pub(crate) fn set_memory(dir: &Path, m: &LinuxMemory) -> Result<(), Error> {
                 reason: format!("{s} is not in 0..=100"),
             });
         }
-        fs::write("memory.swappiness", dir, "memory.swappiness", &s.to_string())?;
+        fs::write(
+            "memory.swappiness",
+            dir,
+            "memory.swappiness",
+            &s.to_string(),
+        )?;
     }
     if let Some(disable) = m.disable_oom_killer() {
         let v = if disable { "1" } else { "0" };
@@ -171,7 +184,12 @@ pub(crate) fn set_cpu(dir: &Path, c: &LinuxCpu) -> Result<(), Error> {
         fs::write("cpu.idle", dir, "cpu.idle", &i.to_string())?;
     }
     if let Some(p) = c.realtime_period().filter(|v| *v != 0) {
-        fs::write("cpu.realtimePeriod", dir, "cpu.rt_period_us", &p.to_string())?;
+        fs::write(
+            "cpu.realtimePeriod",
+            dir,
+            "cpu.rt_period_us",
+            &p.to_string(),
+        )?;
     }
     if let Some(r) = c.realtime_runtime().filter(|v| *v != 0) {
         fs::write(
@@ -227,9 +245,16 @@ pub(crate) fn set_blkio(dir: &Path, b: &LinuxBlockIo) -> Result<(), Error> {
     }
     if let Some(w) = b.leaf_weight().filter(|v| *v != 0) {
         if fs::exists(dir, "blkio.leaf_weight") {
-            fs::write("blockIO.leafWeight", dir, "blkio.leaf_weight", &w.to_string())?;
+            fs::write(
+                "blockIO.leafWeight",
+                dir,
+                "blkio.leaf_weight",
+                &w.to_string(),
+            )?;
         } else {
-            tracing::warn!("blockIO.leafWeight: blkio.leaf_weight does not exist (no CFQ); ignoring");
+            tracing::warn!(
+                "blockIO.leafWeight: blkio.leaf_weight does not exist (no CFQ); ignoring"
+            );
         }
     }
     for d in b.weight_device().iter().flatten() {
@@ -315,7 +340,7 @@ pub(crate) fn freeze(dir: &Path, frozen: bool) -> Result<(), Error> {
     let deadline = Instant::now() + FREEZE_TIMEOUT;
     let mut i: u32 = 0;
     loop {
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             fs::write("freezer", dir, "freezer.state", want)?;
         }
         if fs::read(dir, "freezer.state")?.trim() == want {

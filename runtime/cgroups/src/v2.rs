@@ -178,8 +178,7 @@ pub(crate) fn set_cpu(dir: &Path, c: &LinuxCpu) -> Result<(), Error> {
     if let Some(b) = c.burst() {
         fs::write("cpu.burst", dir, "cpu.max.burst", &b.to_string())?;
     }
-    if c.realtime_period().is_some_and(|v| v != 0) || c.realtime_runtime().is_some_and(|v| v != 0)
-    {
+    if c.realtime_period().is_some_and(|v| v != 0) || c.realtime_runtime().is_some_and(|v| v != 0) {
         return Err(Error::Unsupported {
             field: "cpu.realtimeRuntime".to_owned(),
             layout: Layout::V2,
@@ -219,10 +218,26 @@ pub(crate) fn set_io(dir: &Path, b: &LinuxBlockIo) -> Result<(), Error> {
         }
     }
     let throttles = [
-        ("blockIO.throttleReadBpsDevice", "rbps", b.throttle_read_bps_device()),
-        ("blockIO.throttleWriteBpsDevice", "wbps", b.throttle_write_bps_device()),
-        ("blockIO.throttleReadIOPSDevice", "riops", b.throttle_read_iops_device()),
-        ("blockIO.throttleWriteIOPSDevice", "wiops", b.throttle_write_iops_device()),
+        (
+            "blockIO.throttleReadBpsDevice",
+            "rbps",
+            b.throttle_read_bps_device(),
+        ),
+        (
+            "blockIO.throttleWriteBpsDevice",
+            "wbps",
+            b.throttle_write_bps_device(),
+        ),
+        (
+            "blockIO.throttleReadIOPSDevice",
+            "riops",
+            b.throttle_read_iops_device(),
+        ),
+        (
+            "blockIO.throttleWriteIOPSDevice",
+            "wiops",
+            b.throttle_write_iops_device(),
+        ),
     ];
     for (field, key, devices) in throttles {
         for d in devices.iter().flatten() {
@@ -304,7 +319,12 @@ pub(crate) fn is_frozen(dir: &Path) -> Result<bool, Error> {
 
 /// cgroup.freeze, then wait for cgroup.events to report the new state.
 pub(crate) fn freeze(dir: &Path, frozen: bool) -> Result<(), Error> {
-    fs::write("freezer", dir, "cgroup.freeze", if frozen { "1" } else { "0" })?;
+    fs::write(
+        "freezer",
+        dir,
+        "cgroup.freeze",
+        if frozen { "1" } else { "0" },
+    )?;
     let deadline = Instant::now() + v1::FREEZE_TIMEOUT;
     let mut i: u32 = 0;
     loop {
