@@ -235,7 +235,7 @@ impl Netlink {
     }
 
     /// Create a veth pair: `host` here (enslaved to `master`, up) and `peer` in the netns
-    /// `peer_ns`, up, with an optional MAC. One message: no intermediate state to undo.
+    /// `peer_ns` (down: the caller brings it up), with an optional MAC. One message: no intermediate state to undo.
     #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &mut self,
@@ -246,9 +246,8 @@ impl Netlink {
         peer_mac: Option<&[u8]>,
         master: Option<u32>,
     ) -> io::Result<()> {
+        // The peer cannot be created up: opening it before this end exists is ENOTCONN.
         let mut p = LinkMessage::default();
-        p.header.flags = LinkFlags::Up;
-        p.header.change_mask = LinkFlags::Up;
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
         p.attributes.push(LinkAttribute::NetNsFd(peer_ns));
         if let Some(mtu) = mtu {

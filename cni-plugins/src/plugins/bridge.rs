@@ -317,7 +317,7 @@ impl Bridge {
         };
         let mtu = (n.mtu > 0).then_some(n.mtu);
 
-        // The veth: created in one message, already enslaved and up.
+        // The veth: created in one message, node end already enslaved and up.
         let mut host_name = String::new();
         for attempt in 0..10 {
             let name = random_veth_name();
@@ -370,8 +370,8 @@ impl Bridge {
             .link_by_name(&args.ifname)
             .map_err(nl_err("lookup"))?
             .ok_or_else(|| Error::internal(format!("failed to lookup {:?}", args.ifname)))?;
-        if n.disable_container_interface {
-            cnl.set_up(cont.index, false).map_err(nl_err("set container interface down"))?;
+        if !n.disable_container_interface {
+            cnl.set_up(cont.index, true).map_err(nl_err("set container interface up"))?;
         }
 
         if n.macspoofchk {
