@@ -1,1 +1,45 @@
-fn main() {}
+//! `nestbox`: the runc-compatible CLI. Thin: parse (after normalising go-runc's single-dash long
+//! flags), set up logging, run one library call, turn errors into runc's log line + exit 1.
+
+#[path = "../cli/mod.rs"]
+mod cli;
+
+use std::sync::Arc;
+
+use clap::Parser;
+use nestbox_runtime::logging::{self, Format, LogSink};
+
+fn main() {
+    let cli = cli::Cli::parse_from(cli::normalise_args(std::env::args_os()));
+    let format = match cli.log_format {
+        cli::LogFormat::Json => Format::Json,
+        cli::LogFormat::Text => Format::Text,
+    };
+    let sink = match LogSink::open(cli.log.as_deref(), format) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("nestbox: opening log file: {e}");
+            std::process::exit(1);
+        }
+    };
+    logging::init(sink.clone(), cli.debug);
+    let result = if cli.starts_container() {
+        nestbox_runtime::memfd::ensure_sealed_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|()| cli::dispatch(&cli))
+    } else {
+        cli::dispatch(&cli)
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            sink.line("error", &msg);
+            if sink.is_file {
+                eprintln!("{msg}");
+            }
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,102 @@
+//! Messages between the runtime (parent) and the container's init (child) during `create`.
+//!
+//! A SOCK_SEQPACKET socketpair: one message per datagram, so no framing. The sequence is
+//! parent → `Go` (after cgroup placement and id maps), init → `Ready` (namespaces and rootfs
+//! set up, waiting for `start`) or `Failed(reason)`.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+
+use crate::error::{Context, Error, Result};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Parent to init: you are in the cgroup and your id maps are written; carry on.
+    Go,
+    /// Init to parent: set up and waiting on the exec socket.
+    Ready,
+    /// Init to parent: setup failed, with a one-line reason.
+    Failed(String),
+}
+
+impl Message {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Message::Go => b"G".to_vec(),
+            Message::Ready => b"R".to_vec(),
+            Message::Failed(m) => {
+                let mut v = b"F".to_vec();
+                v.extend_from_slice(m.as_bytes());
+                v
+            }
+        }
+    }
+
+    fn decode(buf: &[u8]) -> Result<Message> {
+        match buf.split_first() {
+            Some((b'G', _)) => Ok(Message::Go),
+            Some((b'R', _)) => Ok(Message::Ready),
+            Some((b'F', m)) => Ok(Message::Failed(String::from_utf8_lossy(m).into_owned())),
+            Some(_) => Err(Error::Other("sync channel: unknown message".into())),
+            None => Err(Error::Other(
+                "container init exited before finishing its setup".into(),
+            )),
+        }
+    }
+}
+
+/// One end of the channel.
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+/// A connected pair (parent end, init end), both close-on-exec.
+pub fn pair() -> Result<(Channel, Channel)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .ctx(|| "creating the sync socketpair".into())?;
+    Ok((Channel { fd: a }, Channel { fd: b }))
+}
+
+impl Channel {
+    pub fn send(&self, msg: &Message) -> Result<()> {
+        send(self.fd.as_raw_fd(), &msg.encode(), MsgFlags::MSG_NOSIGNAL)
+            .ctx(|| "sync channel: send".into())?;
+        Ok(())
+    }
+
+    pub fn recv(&self) -> Result<Message> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(n) => return Message::decode(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).ctx(|| "sync channel: receive".into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let (a, b) = pair().expect("pair");
+        a.send(&Message::Go).expect("send");
+        b.send(&Message::Failed("mount /proc: EPERM".into())).expect("send");
+        assert_eq!(b.recv().expect("recv"), Message::Go);
+        assert_eq!(
+            a.recv().expect("recv"),
+            Message::Failed("mount /proc: EPERM".into())
+        );
+        drop(b);
+        assert!(a.recv().is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! The runc-compatible command line: global flags, one file per subcommand. Each subcommand
+//! parses its flags and calls one library function.
+
+pub mod create;
+pub mod delete;
+pub mod kill;
+pub mod list;
+pub mod run;
+pub mod spec;
+pub mod start;
+pub mod state;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nestbox",
+    about = "nestbox: an OCI container runtime, a drop-in for runc on the command line",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = "/run/nestbox")]
+    pub root: PathBuf,
+    /// Log file (default: stderr).
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Log format.
+    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Debug logging.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Use systemd for cgroups (cgroupsPath as slice:prefix:name).
+    #[arg(long = "systemd-cgroup", global = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility (true|false|auto).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub rootless: Option<String>,
+    /// Accepted for runc compatibility (checkpointing is not supported).
+    #[arg(long, global = true)]
+    pub criu: Option<String>,
+    /// Print the version.
+    #[arg(short = 'v', long)]
+    pub version: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a container (its init waits until `start`).
+    Create(create::Args),
+    /// Start a created container.
+    Start(start::Args),
+    /// Create, start and wait for a container; exits with its status.
+    Run(run::RunArgs),
+    /// Print a container's state as JSON.
+    State(state::Args),
+    /// Send a signal to a container's init (or to all its processes).
+    Kill(kill::Args),
+    /// Delete a container.
+    Delete(delete::Args),
+    /// List containers.
+    List(list::Args),
+    /// Write a default config.json.
+    Spec(spec::Args),
+}
+
+/// Long flag names: `-name` / `-name=value` (as go-runc sends them) become `--name`.
+const LONG_FLAGS: &[&str] = &[
+    "root", "log", "log-format", "debug", "systemd-cgroup", "rootless", "criu", "help", "version",
+    "bundle", "pid-file", "console-socket", "no-pivot", "no-new-keyring", "preserve-fds",
+    "detach", "no-subreaper", "keep", "all", "force", "format", "quiet",
+];
+
+/// Rewrite single-dash long flags to the double-dash form clap expects.
+pub fn normalise_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut after_terminator = false;
+    for arg in args {
+        let s = arg.to_string_lossy();
+        if after_terminator {
+            out.push(arg);
+            continue;
+        }
+        if s == "--" {
+            after_terminator = true;
+        } else if s.starts_with('-') && !s.starts_with("--") && s.len() > 2 {
+            let name = s[1..].split('=').next().unwrap_or_default();
+            if LONG_FLAGS.contains(&name) {
+                out.push(OsString::from(format!("-{s}")));
+                continue;
+            }
+        }
+        out.push(arg);
+    }
+    out
+}
+
+impl Cli {
+    /// Commands that start container processes run from a sealed copy of the binary.
+    pub fn starts_container(&self) -> bool {
+        matches!(self.command, Some(Command::Create(_)) | Some(Command::Run(_)))
+    }
+}
+
+/// Run the parsed command; returns the exit code.
+pub fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
+    if cli.version {
+        println!("nestbox version {}", env!("CARGO_PKG_VERSION"));
+        println!("spec: {}", nestbox_runtime::SPEC_VERSION);
+        return Ok(0);
+    }
+    let Some(command) = &cli.command else {
+        anyhow::bail!("no command given (see --help)");
+    };
+    match command {
+        Command::Create(a) => create::run(cli, a),
+        Command::Start(a) => start::run(cli, a),
+        Command::Run(a) => run::run(cli, a),
+        Command::State(a) => state::run(cli, a),
+        Command::Kill(a) => kill::run(cli, a),
+        Command::Delete(a) => delete::run(cli, a),
+        Command::List(a) => list::run(cli, a),
+        Command::Spec(a) => spec::run(cli, a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_dash_long_flags_are_normalised() {
+        let args: Vec<OsString> = ["nestbox", "-root=/x", "-log-format", "json", "run", "-d", "-no-subreaper", "id"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let out: Vec<String> = normalise_args(args)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            out,
+            ["nestbox", "--root=/x", "--log-format", "json", "run", "-d", "--no-subreaper", "id"]
+        );
+    }
+}

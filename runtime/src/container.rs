@@ -1,0 +1,396 @@
+//! The container lifecycle: create, start, run, state, kill, delete, list.
+//!
+//! `create` clones init (a direct child of the caller's process: the runtime never double-forks
+//! it away), places it in its cgroup, writes id maps, waits for init's `Ready`, then records
+//! state.json and the pid file. Every error after partial creation undoes it (the init is
+//! killed, the cgroup removed, the state dir deleted) via [`CreateGuard`].
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use nestbox_cgroups::Cgroup;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxNamespaceType;
+
+use crate::channel::{self, Message};
+use crate::error::{shown, Context, Error, Result};
+use crate::namespaces::Namespaces;
+use crate::process::{self, InitConfig};
+use crate::spec;
+use crate::state::{self, State, Status, EXEC_SOCKET};
+
+/// Options of `create` (and of the create half of `run`).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+    pub systemd_cgroup: bool,
+}
+
+/// A created container whose init is a child of this process.
+#[derive(Debug)]
+pub struct Created {
+    pub pid: Pid,
+    pub dir: PathBuf,
+}
+
+fn container_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(id)
+}
+
+/// Undoes a partial `create` unless disarmed.
+struct CreateGuard {
+    dir: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+    child: Option<Pid>,
+}
+
+impl CreateGuard {
+    fn disarm(mut self) {
+        self.dir = None;
+        self.cgroup = None;
+        self.child = None;
+    }
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.take() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.destroy() {
+                tracing::warn!("cleanup: removing the cgroup: {e}");
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Create the container: init waits inside its namespaces and cgroup until `start`.
+pub fn create(opts: &CreateOptions) -> Result<Created> {
+    spec::validate_id(&opts.id)?;
+    let bundle = spec::load_bundle(&opts.bundle)?;
+    let namespaces = Namespaces::from_spec(&bundle.spec);
+    // Open namespace paths before creating anything: a bad path fails cleanly.
+    let mut joins = namespaces.open_joins()?;
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&opts.root)
+        .ctx(|| format!("creating the state root {}", shown(&opts.root)))?;
+    let dir = container_dir(&opts.root, &opts.id);
+    match std::fs::DirBuilder::new().mode(0o711).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::AlreadyExists(opts.id.clone()))
+        }
+        Err(e) => return Err(e).ctx(|| format!("creating {}", shown(&dir))),
+    }
+    let mut guard = CreateGuard {
+        dir: Some(dir.clone()),
+        cgroup: None,
+        child: None,
+    };
+
+    let linux = bundle.spec.linux().as_ref();
+    let cgroups_path = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned());
+    let cgroup = Cgroup::resolve(cgroups_path.as_deref(), &opts.id, opts.systemd_cgroup)?;
+    cgroup.create()?;
+    guard.cgroup = Some(cgroup.clone());
+    if let Some(resources) = linux.and_then(|l| l.resources().as_ref()) {
+        cgroup.apply(resources)?;
+    }
+
+    let exec_listener = listen_exec_socket(&dir.join(EXEC_SOCKET))?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let console = match (&opts.console_socket, terminal) {
+        (Some(path), true) => Some(crate::console::connect_socket(path)?),
+        (None, true) => {
+            return Err(Error::Other(
+                "process.terminal is true: --console-socket is required".into(),
+            ))
+        }
+        _ => None,
+    };
+
+    // A pid namespace joined by path applies to our children: setns before the clone.
+    if let Some(pos) = joins.iter().position(|(t, _)| *t == LinuxNamespaceType::Pid) {
+        let (typ, fd) = joins.remove(pos);
+        crate::namespaces::join(typ, &fd)?;
+    }
+    let (parent_end, init_end) = channel::pair()?;
+    let config = InitConfig {
+        spec: &bundle.spec,
+        bundle: &bundle.path,
+        rootfs: &bundle.rootfs,
+        namespaces: &namespaces,
+        joins,
+        exec_listener,
+        console,
+        no_pivot: opts.no_pivot,
+        preserve_fds: opts.preserve_fds,
+    };
+    let (pid, channel) = process::spawn(config, init_end, parent_end)?;
+    guard.child = Some(pid);
+
+    cgroup.add_task(pid.as_raw())?;
+    if namespaces.has_new(LinuxNamespaceType::User) {
+        process::write_id_maps(pid, &bundle.spec)?;
+    }
+    channel.send(&Message::Go)?;
+    match channel.recv()? {
+        Message::Ready => {}
+        Message::Failed(reason) => return Err(Error::Init(reason)),
+        Message::Go => return Err(Error::Other("sync channel: unexpected Go".into())),
+    }
+
+    let (_, start_time) = state::proc_stat(pid.as_raw())
+        .ok_or_else(|| Error::Init("container init exited during create".into()))?;
+    let state = State {
+        oci_version: bundle.spec.version().clone(),
+        id: opts.id.clone(),
+        pid: pid.as_raw(),
+        bundle: bundle.path.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: crate::time::rfc3339_nano(SystemTime::now()),
+        owner: String::new(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        init_start_time: start_time,
+        cgroup: Some(cgroup),
+    };
+    state.save(&dir)?;
+    if let Some(pid_file) = &opts.pid_file {
+        state::write_atomic(pid_file, pid.as_raw().to_string().as_bytes())?;
+    }
+    guard.disarm();
+    Ok(Created { pid, dir })
+}
+
+fn listen_exec_socket(path: &Path) -> Result<OwnedFd> {
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .ctx(|| "exec socket".into())?;
+    let addr = UnixAddr::new(path).ctx(|| format!("exec socket {}", shown(path)))?;
+    bind(fd.as_raw_fd(), &addr).ctx(|| format!("binding {}", shown(path)))?;
+    listen(&fd, Backlog::new(1).unwrap_or(Backlog::MAXCONN)).ctx(|| "listen on the exec socket".into())?;
+    Ok(fd)
+}
+
+/// Load a container's state; unknown ids give "does not exist".
+pub fn load(root: &Path, id: &str) -> Result<(State, PathBuf)> {
+    spec::validate_id(id)?;
+    let dir = container_dir(root, id);
+    let state = State::load(&dir, id)?;
+    Ok((state, dir))
+}
+
+/// Release a created container's init: it execs the process (or reports why it cannot).
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let (state, dir) = load(root, id)?;
+    match state.status(&dir) {
+        Status::Created => {}
+        Status::Stopped => {
+            return Err(Error::WrongState {
+                id: id.into(),
+                msg: "cannot start a container that has stopped".into(),
+            })
+        }
+        s => {
+            return Err(Error::WrongState {
+                id: id.into(),
+                msg: format!("cannot start an already {s} container"),
+            })
+        }
+    }
+    let path = dir.join(EXEC_SOCKET);
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .ctx(|| "exec socket".into())?;
+    let addr = UnixAddr::new(&path).ctx(|| format!("exec socket {}", shown(&path)))?;
+    connect(fd.as_raw_fd(), &addr).ctx(|| format!("connecting to {}", shown(&path)))?;
+    let _ = std::fs::remove_file(&path);
+    // Init closes the connection by exec (close-on-exec) or writes why it failed.
+    let mut conn = std::fs::File::from(fd);
+    let mut reply = String::new();
+    let _ = conn.read_to_string(&mut reply);
+    if !reply.is_empty() {
+        return Err(Error::Init(reply));
+    }
+    Ok(())
+}
+
+/// `state`: the OCI state JSON.
+pub fn state_json(root: &Path, id: &str) -> Result<String> {
+    let (state, dir) = load(root, id)?;
+    let status = state.status(&dir);
+    serde_json::to_string_pretty(&state.oci(status)).map_err(|e| Error::Other(e.to_string()))
+}
+
+/// (state, status) of every container under `root`.
+pub fn list(root: &Path) -> Result<Vec<(State, Status)>> {
+    let mut out = Vec::new();
+    for id in state::list_ids(root)? {
+        let dir = container_dir(root, &id);
+        if let Ok(state) = State::load(&dir, &id) {
+            let status = state.status(&dir);
+            out.push((state, status));
+        }
+    }
+    Ok(out)
+}
+
+/// `kill [--all] ID SIGNAL`.
+pub fn kill_container(root: &Path, id: &str, signal: Signal, all: bool) -> Result<()> {
+    let (state, dir) = load(root, id)?;
+    let status = state.status(&dir);
+    if all {
+        let cgroup = state
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| Error::Other("no cgroup recorded for the container".into()))?;
+        let pids = cgroup.pids()?;
+        if pids.is_empty() && status == Status::Stopped {
+            return Err(Error::NotRunning(id.into()));
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+        return Ok(());
+    }
+    if status == Status::Stopped {
+        return Err(Error::NotRunning(id.into()));
+    }
+    match kill(Pid::from_raw(state.pid), signal) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::ESRCH) => Err(Error::Other(format!(
+            "container {id:?}: no such process"
+        ))),
+        Err(e) => Err(e).ctx(|| format!("signalling container {id:?}")),
+    }
+}
+
+/// `delete [--force] ID`.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    spec::validate_id(id)?;
+    let dir = container_dir(root, id);
+    let state = match State::load(&dir, id) {
+        Ok(s) => s,
+        Err(Error::NotExist(_)) => {
+            // A create that died before writing state.json may leave the dir behind.
+            let existed = dir.exists();
+            let _ = std::fs::remove_dir_all(&dir);
+            return if force || existed {
+                Ok(())
+            } else {
+                Err(Error::NotExist(id.into()))
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    match state.status(&dir) {
+        Status::Stopped => {}
+        Status::Created => kill_and_wait(&state)?,
+        s if force => {
+            if s == Status::Paused {
+                if let Some(cg) = &state.cgroup {
+                    let _ = cg.thaw();
+                }
+            }
+            kill_and_wait(&state)?
+        }
+        s => {
+            return Err(Error::WrongState {
+                id: id.into(),
+                msg: format!("cannot delete a container that is not stopped: {s}"),
+            })
+        }
+    }
+    destroy(&state, &dir)
+}
+
+/// SIGKILL everything in the container and wait until init is gone.
+fn kill_and_wait(state: &State) -> Result<()> {
+    if let Some(cg) = &state.cgroup {
+        for pid in cg.pids().unwrap_or_default() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    let _ = kill(Pid::from_raw(state.pid), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state::init_alive(state.pid, state.init_start_time) {
+        if Instant::now() > deadline {
+            return Err(Error::Other(format!(
+                "container {:?}: init {} did not die after SIGKILL",
+                state.id, state.pid
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Remove the cgroup and the state dir of a stopped container.
+fn destroy(state: &State, dir: &Path) -> Result<()> {
+    if let Some(cg) = &state.cgroup {
+        // Processes other than init may still be draining out of the cgroup.
+        for pid in cg.pids().unwrap_or_default() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        cg.destroy()?;
+    }
+    std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", shown(dir)))
+}
+
+/// Wait for our child init to exit; returns its exit code (128+signal when killed).
+/// `forward` lists signals to pass on to the container while waiting.
+pub fn wait_forwarding(pid: Pid, forward: &[Signal]) -> Result<i32> {
+    use nix::sys::signal::SigSet;
+    let mut set = SigSet::empty();
+    for s in forward {
+        set.add(*s);
+    }
+    set.add(Signal::SIGCHLD);
+    set.thread_block().ctx(|| "blocking signals".into())?;
+    loop {
+        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => return Ok(0),
+            Err(e) => return Err(e).ctx(|| "waitpid".into()),
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+}
+
+/// After `run` saw the container exit: remove what `create` made.
+pub fn cleanup_after_run(root: &Path, id: &str) -> Result<()> {
+    let (state, dir) = load(root, id)?;
+    destroy(&state, &dir)
+}
