@@ -19,14 +19,21 @@ pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf> {
         .ok_or_else(|| {
             Error::internal(format!(
                 "failed to find plugin {plugin:?} in path {:?}",
-                path.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()
+                path.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
             ))
         })
 }
 
 /// Run `exe` with `command`; returns stdout on success and the delegate's own error
 /// (code, msg, details) on failure.
-pub fn exec(exe: &Path, command: &str, stdin: &[u8], extra_env: &[(&str, &str)]) -> Result<Vec<u8>> {
+pub fn exec(
+    exe: &Path,
+    command: &str,
+    stdin: &[u8],
+    extra_env: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let mut cmd = Command::new(exe);
     cmd.env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
@@ -51,8 +58,16 @@ pub fn exec(exe: &Path, command: &str, stdin: &[u8], extra_env: &[(&str, &str)])
         if let Some(code) = v.get("code").and_then(|c| c.as_u64()) {
             return Err(Error {
                 code: code as u32,
-                msg: v.get("msg").and_then(|m| m.as_str()).unwrap_or("").to_string(),
-                details: v.get("details").and_then(|m| m.as_str()).unwrap_or("").to_string(),
+                msg: v
+                    .get("msg")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                details: v
+                    .get("details")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("")
+                    .to_string(),
             });
         }
     }

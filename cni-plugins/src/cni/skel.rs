@@ -127,24 +127,35 @@ fn valid_ifname(name: &str) -> bool {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 fn parse_env(stdin: Vec<u8>, env: &dyn Fn(&str) -> Option<String>) -> Result<CmdArgs> {
     let get = |k: &str| env(k).unwrap_or_default();
     let cmd_s = get("CNI_COMMAND");
     if cmd_s.is_empty() {
-        return Err(Error::new(Code::InvalidEnv, "required env variables [CNI_COMMAND] missing"));
+        return Err(Error::new(
+            Code::InvalidEnv,
+            "required env variables [CNI_COMMAND] missing",
+        ));
     }
     let command = Command::parse(&cmd_s)
         .ok_or_else(|| Error::new(Code::InvalidEnv, format!("unknown CNI_COMMAND: {cmd_s}")))?;
     let required: &[&str] = match command {
-        Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
+        Command::Add | Command::Check => {
+            &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+        }
         Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
         Command::Gc | Command::Status => &["CNI_PATH"],
         Command::Version => &[],
     };
-    let missing: Vec<&str> = required.iter().copied().filter(|k| get(k).is_empty()).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|k| get(k).is_empty())
+        .collect();
     if !missing.is_empty() {
         return Err(Error::new(
             Code::InvalidEnv,
@@ -173,17 +184,23 @@ fn parse_env(stdin: Vec<u8>, env: &dyn Fn(&str) -> Option<String>) -> Result<Cmd
 /// Decode the config and check that its version allows the verb.
 fn decode_config(a: &mut CmdArgs) -> Result<()> {
     let raw: Value = serde_json::from_slice(&a.stdin).map_err(|e| {
-        Error::new(Code::Decode, format!("decoding version from network config: {e}"))
+        Error::new(
+            Code::Decode,
+            format!("decoding version from network config: {e}"),
+        )
     })?;
     let conf: NetConf = serde_json::from_value(raw.clone())
         .map_err(|e| Error::new(Code::Decode, format!("failed to load netconf: {e}")))?;
     let ver = version::of_config(&conf.cni_version).to_string();
     if !version::is_supported(&ver) {
-        return Err(Error::new(Code::IncompatibleVersion, "incompatible CNI versions")
-            .with_details(format!(
-                "config is {ver:?}, plugin supports {:?}",
-                version::SUPPORTED
-            )));
+        return Err(
+            Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
+                format!(
+                    "config is {ver:?}, plugin supports {:?}",
+                    version::SUPPORTED
+                ),
+            ),
+        );
     }
     let min = match a.command {
         Command::Check => Some("0.4.0"),
@@ -200,7 +217,10 @@ fn decode_config(a: &mut CmdArgs) -> Result<()> {
     }
     if matches!(a.command, Command::Add | Command::Del | Command::Check) {
         if !valid_container_id(&a.container_id) {
-            return Err(Error::new(Code::InvalidEnv, "invalid characters in containerID"));
+            return Err(Error::new(
+                Code::InvalidEnv,
+                "invalid characters in containerID",
+            ));
         }
         if !valid_ifname(&a.ifname) {
             return Err(Error::new(
@@ -242,7 +262,11 @@ pub fn run_with(
     if let Err(e) = decode_config(&mut args) {
         let ver = serde_json::from_slice::<Value>(&args.stdin)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(String::from))
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|v| v.as_str())
+                    .map(String::from)
+            })
             .filter(|v| version::is_supported(v))
             .unwrap_or_else(|| version::CURRENT.to_string());
         return (1, e.to_json(&ver));

@@ -19,7 +19,11 @@ pub struct Interface {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sandbox: String,
-    #[serde(default, rename = "socketPath", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "socketPath",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub socket_path: String,
     #[serde(default, rename = "pciID", skip_serializing_if = "String::is_empty")]
     pub pci_id: String,
@@ -195,7 +199,10 @@ impl CniResult {
                     out.insert(key.into(), Value::Object(o));
                 }
             }
-            out.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or_default());
+            out.insert(
+                "dns".into(),
+                serde_json::to_value(&self.dns).unwrap_or_default(),
+            );
             return Ok(Value::Object(out));
         }
         let v11 = version::at_least(ver, "1.1.0");
@@ -244,7 +251,10 @@ impl CniResult {
             let routes = self.routes.iter().map(|r| route_value(r, v11)).collect();
             out.insert("routes".into(), Value::Array(routes));
         }
-        out.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or_default());
+        out.insert(
+            "dns".into(),
+            serde_json::to_value(&self.dns).unwrap_or_default(),
+        );
         Ok(Value::Object(out))
     }
 }

@@ -2,7 +2,9 @@
 
 use super::{Code, Error, Result};
 
-pub const SUPPORTED: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 pub const CURRENT: &str = "1.1.0";
 
 /// A parsed `major.minor.patch`.

@@ -30,7 +30,12 @@ impl Allocator<'_> {
     fn candidates(&self) -> impl Iterator<Item = IpAddr> + '_ {
         let mut segs: Vec<(usize, u128, u128)> = Vec::new();
         let last = self.store.last_reserved(self.index);
-        match last.and_then(|l| self.set.iter().position(|r| r.contains(l)).map(|i| (i, to_u128(l)))) {
+        match last.and_then(|l| {
+            self.set
+                .iter()
+                .position(|r| r.contains(l))
+                .map(|i| (i, to_u128(l)))
+        }) {
             Some((i, l)) => {
                 let r = &self.set[i];
                 if l < to_u128(r.end) {
@@ -65,12 +70,24 @@ impl Allocator<'_> {
                 .ok_or_else(|| {
                     Error::config(format!("{ip} not in range set {}", set_string(self.set)))
                 })?;
-            if Some(ip) == self.set.iter().find(|r| r.contains(ip)).and_then(|r| r.gateway) {
-                return Err(Error::config(format!("requested ip {ip} is subnet's gateway")));
+            if Some(ip)
+                == self
+                    .set
+                    .iter()
+                    .find(|r| r.contains(ip))
+                    .and_then(|r| r.gateway)
+            {
+                return Err(Error::config(format!(
+                    "requested ip {ip} is subnet's gateway"
+                )));
             }
             if !self.store.reserve(id, ifname, ip, self.index)? {
                 // Our own earlier reservation of it counts as success (ADD is retried).
-                let mine = self.store.find(id, ifname)?.iter().any(|e| e.ip == Some(ip));
+                let mine = self
+                    .store
+                    .find(id, ifname)?
+                    .iter()
+                    .any(|e| e.ip == Some(ip));
                 if !mine {
                     return Err(Error::internal(format!(
                         "requested IP address {ip} is not available in range set {}",

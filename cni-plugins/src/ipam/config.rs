@@ -87,7 +87,9 @@ impl Range {
             .map_err(|e| Error::config(format!("invalid subnet {:?}: {e}", raw.subnet)))?;
         let bits = if subnet.is_ipv4() { 32 } else { 128 };
         if subnet.prefix() > bits - 2 {
-            return Err(Error::config(format!("Network {subnet} too small to allocate from")));
+            return Err(Error::config(format!(
+                "Network {subnet} too small to allocate from"
+            )));
         }
         if subnet.ip() != subnet.network() {
             return Err(Error::config(format!(
@@ -105,7 +107,9 @@ impl Range {
         let like = subnet.ip();
         let check = |ip: IpAddr, what: &str| -> Result<IpAddr> {
             if ip.is_ipv4() != subnet.is_ipv4() || !subnet.contains(ip) {
-                return Err(Error::config(format!("{what} {ip} not in network {subnet}")));
+                return Err(Error::config(format!(
+                    "{what} {ip} not in network {subnet}"
+                )));
             }
             Ok(ip)
         };
@@ -122,7 +126,9 @@ impl Range {
             None => from_u128(last_usable, &like),
         };
         if to_u128(start) > to_u128(end) {
-            return Err(Error::config(format!("RangeStart {start} is after RangeEnd {end}")));
+            return Err(Error::config(format!(
+                "RangeStart {start} is after RangeEnd {end}"
+            )));
         }
         Ok(Range {
             subnet,
@@ -190,15 +196,20 @@ impl IpamConfig {
         let mut sets: Vec<RangeSet> = Vec::new();
         for (i, rs) in raw_sets.iter().enumerate() {
             if rs.is_empty() {
-                return Err(Error::config(format!("invalid range set {i}: empty range set")));
+                return Err(Error::config(format!(
+                    "invalid range set {i}: empty range set"
+                )));
             }
             let mut set = Vec::new();
             for r in rs {
-                let r = Range::canonical(r).map_err(|e| e.context(format!("invalid range set {i}")))?;
+                let r =
+                    Range::canonical(r).map_err(|e| e.context(format!("invalid range set {i}")))?;
                 if let Some(first) = set.first() {
                     let first: &Range = first;
                     if first.start.is_ipv4() != r.start.is_ipv4() {
-                        return Err(Error::config(format!("invalid range set {i}: mixed address families")));
+                        return Err(Error::config(format!(
+                            "invalid range set {i}: mixed address families"
+                        )));
                     }
                 }
                 if let Some(o) = set.iter().find(|o: &&Range| o.overlaps(&r)) {
@@ -213,7 +224,10 @@ impl IpamConfig {
         }
         for i in 0..sets.len() {
             for j in i + 1..sets.len() {
-                if sets[i].iter().any(|a| sets[j].iter().any(|b| a.overlaps(b))) {
+                if sets[i]
+                    .iter()
+                    .any(|a| sets[j].iter().any(|b| a.overlaps(b)))
+                {
                     return Err(Error::config(format!("range set {i} overlaps with {j}")));
                 }
             }
@@ -224,8 +238,9 @@ impl IpamConfig {
             if k == "IP" {
                 for s in v.split(',').filter(|s| !s.is_empty()) {
                     requested.push(
-                        parse_ip_or_cidr(s)
-                            .ok_or_else(|| Error::config(format!("invalid IP {s:?} in CNI_ARGS")))?,
+                        parse_ip_or_cidr(s).ok_or_else(|| {
+                            Error::config(format!("invalid IP {s:?} in CNI_ARGS"))
+                        })?,
                     );
                 }
             }
@@ -241,7 +256,8 @@ impl IpamConfig {
                 for v in ips {
                     let s = v.as_str().unwrap_or_default();
                     requested.push(
-                        parse_ip_or_cidr(s).ok_or_else(|| Error::config(format!("invalid IP {s:?}")))?,
+                        parse_ip_or_cidr(s)
+                            .ok_or_else(|| Error::config(format!("invalid IP {s:?}")))?,
                     );
                 }
             }
@@ -286,7 +302,12 @@ mod tests {
     use super::*;
 
     fn raw(subnet: &str) -> RawRange {
-        RawRange { subnet: subnet.into(), range_start: None, range_end: None, gateway: None }
+        RawRange {
+            subnet: subnet.into(),
+            range_start: None,
+            range_end: None,
+            gateway: None,
+        }
     }
 
     #[test]

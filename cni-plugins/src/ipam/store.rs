@@ -86,8 +86,11 @@ impl Store {
         if taken {
             return Ok(false);
         }
-        fs::write(self.dir.join(format!("{LAST_RESERVED}{set}")), ip.to_string())
-            .map_err(|e| Error::io("failed to write last reserved IP", e))?;
+        fs::write(
+            self.dir.join(format!("{LAST_RESERVED}{set}")),
+            ip.to_string(),
+        )
+        .map_err(|e| Error::io("failed to write last reserved IP", e))?;
         Ok(true)
     }
 
@@ -112,7 +115,9 @@ impl Store {
             if is_meta(&name) || !ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
                 continue;
             }
-            let Ok(data) = fs::read_to_string(ent.path()) else { continue };
+            let Ok(data) = fs::read_to_string(ent.path()) else {
+                continue;
+            };
             let data = data.trim();
             let (id, ifname) = match data.split_once(LINE_BREAK) {
                 Some((id, ifname)) => (id.trim(), ifname.trim()),
@@ -182,7 +187,10 @@ fn remove(p: &Path) -> Result<()> {
 /// STATUS: the store can take new reservations (dir creatable, lock and files writable).
 pub fn probe_writable(dir: &Path) -> Result<()> {
     let unavailable = |what: &str, e: io::Error| {
-        Error::new(Code::NotAvailable, format!("IPAM data dir {} is not usable: {what}: {e}", dir.display()))
+        Error::new(
+            Code::NotAvailable,
+            format!("IPAM data dir {} is not usable: {what}: {e}", dir.display()),
+        )
     };
     fs::create_dir_all(dir).map_err(|e| unavailable("create", e))?;
     let probe = dir.join(".status-probe");
@@ -220,7 +228,10 @@ mod tests {
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(s.reserve("c1", "eth0", ip, 0).unwrap());
         assert!(!s.reserve("c2", "eth0", ip, 0).unwrap());
-        assert_eq!(fs::read_to_string(d.join("10.0.0.2")).unwrap(), "c1\r\neth0");
+        assert_eq!(
+            fs::read_to_string(d.join("10.0.0.2")).unwrap(),
+            "c1\r\neth0"
+        );
         assert_eq!(s.last_reserved(0), Some(ip));
         assert!(!d.join(TMP).exists());
         assert_eq!(s.release("c1", "eth0").unwrap(), vec![ip]);

@@ -63,7 +63,10 @@ impl Owner<'_> {
         hex(&Sha256::digest(network.as_bytes()))[..8].to_string()
     }
     fn nft_comment(&self) -> String {
-        let h = Sha256::digest(format!("{}\0{}\0{}", self.network, self.container_id, self.ifname));
+        let h = Sha256::digest(format!(
+            "{}\0{}\0{}",
+            self.network, self.container_id, self.ifname
+        ));
         format!("cni:{}:{}", Self::network_tag(self.network), &hex(&h)[..16])
     }
     /// The reference's chain name: `CNI-` + sha512(name + id), 28 chars in all.
@@ -79,7 +82,11 @@ impl Owner<'_> {
 fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut c = Command::new(cmd);
     c.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c
@@ -110,8 +117,13 @@ pub fn setup(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<()>
                 "add table inet {NFT_TABLE}\nadd chain inet {NFT_TABLE} {NFT_CHAIN} {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
             );
             for a in addrs {
-                let (fam, mcast) = if a.is_ipv4() { ("ip", "224.0.0.0/4") } else { ("ip6", "ff00::/8") };
-                let net = IpNetwork::new(a.network(), a.prefix()).map_err(|e| Error::internal(e.to_string()))?;
+                let (fam, mcast) = if a.is_ipv4() {
+                    ("ip", "224.0.0.0/4")
+                } else {
+                    ("ip6", "ff00::/8")
+                };
+                let net = IpNetwork::new(a.network(), a.prefix())
+                    .map_err(|e| Error::internal(e.to_string()))?;
                 script.push_str(&format!(
                     "add rule inet {NFT_TABLE} {NFT_CHAIN} {fam} saddr {} {fam} daddr != {net} {fam} daddr != {mcast} masquerade comment \"{comment}\"\n",
                     a.ip()
@@ -124,14 +136,57 @@ pub fn setup(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<()>
             let comment = owner.iptables_comment();
             for a in addrs {
                 let ipt = if a.is_ipv4() { "iptables" } else { "ip6tables" };
-                let mcast = if a.is_ipv4() { "224.0.0.0/4" } else { "ff00::/8" };
-                let net = IpNetwork::new(a.network(), a.prefix()).map_err(|e| Error::internal(e.to_string()))?.to_string();
+                let mcast = if a.is_ipv4() {
+                    "224.0.0.0/4"
+                } else {
+                    "ff00::/8"
+                };
+                let net = IpNetwork::new(a.network(), a.prefix())
+                    .map_err(|e| Error::internal(e.to_string()))?
+                    .to_string();
                 let _ = run(ipt, &["-w", "-t", "nat", "-N", &chain], None);
                 let src = a.ip().to_string();
                 let rules: [(&str, Vec<&str>); 3] = [
-                    (&chain, vec!["-d", &net, "-j", "ACCEPT", "-m", "comment", "--comment", &comment]),
-                    (&chain, vec!["!", "-d", mcast, "-j", "MASQUERADE", "-m", "comment", "--comment", &comment]),
-                    ("POSTROUTING", vec!["-s", &src, "-j", &chain, "-m", "comment", "--comment", &comment]),
+                    (
+                        &chain,
+                        vec![
+                            "-d",
+                            &net,
+                            "-j",
+                            "ACCEPT",
+                            "-m",
+                            "comment",
+                            "--comment",
+                            &comment,
+                        ],
+                    ),
+                    (
+                        &chain,
+                        vec![
+                            "!",
+                            "-d",
+                            mcast,
+                            "-j",
+                            "MASQUERADE",
+                            "-m",
+                            "comment",
+                            "--comment",
+                            &comment,
+                        ],
+                    ),
+                    (
+                        "POSTROUTING",
+                        vec![
+                            "-s",
+                            &src,
+                            "-j",
+                            &chain,
+                            "-m",
+                            "comment",
+                            "--comment",
+                            &comment,
+                        ],
+                    ),
                 ];
                 for (ch, spec) in rules {
                     let mut check = vec!["-w", "-t", "nat", "-C", ch];
@@ -151,7 +206,11 @@ pub fn setup(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<()>
 
 /// Handles of nft rules in our chain whose comment satisfies `pred`.
 fn nft_handles(pred: impl Fn(&str) -> bool) -> Result<Vec<String>> {
-    let listing = match run("nft", &["-a", "list", "chain", "inet", NFT_TABLE, NFT_CHAIN], None) {
+    let listing = match run(
+        "nft",
+        &["-a", "list", "chain", "inet", NFT_TABLE, NFT_CHAIN],
+        None,
+    ) {
         Ok(l) => l,
         // No table or chain: nothing of ours exists.
         Err(e) if e.msg.contains("No such file") => return Ok(Vec::new()),
@@ -180,7 +239,11 @@ fn nft_delete(handles: &[String]) -> Result<()> {
         // A concurrent DEL removed one first: delete the rest one at a time.
         Err(_) => {
             for h in handles {
-                let _ = run("nft", &["delete", "rule", "inet", NFT_TABLE, NFT_CHAIN, "handle", h], None);
+                let _ = run(
+                    "nft",
+                    &["delete", "rule", "inet", NFT_TABLE, NFT_CHAIN, "handle", h],
+                    None,
+                );
             }
             Ok(())
         }
@@ -201,8 +264,12 @@ pub fn teardown(backend: Backend, owner: &Owner) -> Result<()> {
                     continue;
                 }
                 if let Ok(rules) = run(ipt, &["-w", "-t", "nat", "-S", "POSTROUTING"], None) {
-                    for line in rules.lines().filter(|l| l.ends_with(&format!("-j {chain}"))) {
-                        let mut args = vec!["-w".to_string(), "-t".into(), "nat".into(), "-D".into()];
+                    for line in rules
+                        .lines()
+                        .filter(|l| l.ends_with(&format!("-j {chain}")))
+                    {
+                        let mut args =
+                            vec!["-w".to_string(), "-t".into(), "nat".into(), "-D".into()];
                         args.extend(split_quoted(line.trim_start_matches("-A ")));
                         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
                         let _ = run(ipt, &refs, None);
@@ -233,7 +300,9 @@ pub fn gc(backend: Backend, network: &str, valid: &[(String, String)]) -> Result
         })
         .collect();
     let prefix = format!("cni:{}:", Owner::network_tag(network));
-    nft_delete(&nft_handles(|c| c.starts_with(&prefix) && !keep.iter().any(|k| k == c))?)
+    nft_delete(&nft_handles(|c| {
+        c.starts_with(&prefix) && !keep.iter().any(|k| k == c)
+    })?)
 }
 
 fn split_quoted(s: &str) -> Vec<String> {
@@ -269,7 +338,11 @@ mod tests {
 
     #[test]
     fn iptables_chain_name_matches_the_reference_format() {
-        let o = Owner { network: "net", container_id: "abc", ifname: "eth0" };
+        let o = Owner {
+            network: "net",
+            container_id: "abc",
+            ifname: "eth0",
+        };
         assert_eq!(o.iptables_chain().len(), 28);
         assert!(o.iptables_chain().starts_with("CNI-"));
     }
@@ -277,8 +350,20 @@ mod tests {
     #[test]
     fn quoted_iptables_rules_split_like_a_shell() {
         assert_eq!(
-            split_quoted(r#"POSTROUTING -s 10.0.0.2/32 -m comment --comment "name: \"n\" id: \"x\"" -j CNI-1"#),
-            vec!["POSTROUTING", "-s", "10.0.0.2/32", "-m", "comment", "--comment", r#"name: "n" id: "x""#, "-j", "CNI-1"]
+            split_quoted(
+                r#"POSTROUTING -s 10.0.0.2/32 -m comment --comment "name: \"n\" id: \"x\"" -j CNI-1"#
+            ),
+            vec![
+                "POSTROUTING",
+                "-s",
+                "10.0.0.2/32",
+                "-m",
+                "comment",
+                "--comment",
+                r#"name: "n" id: "x""#,
+                "-j",
+                "CNI-1"
+            ]
         );
     }
 }

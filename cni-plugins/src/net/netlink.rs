@@ -8,8 +8,8 @@ use std::os::fd::RawFd;
 
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -18,8 +18,7 @@ use netlink_packet_route::link::{
     LinkMessage, State,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -47,14 +46,20 @@ pub struct Link {
 }
 
 fn mac_string(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn parse_mac(s: &str) -> io::Result<Vec<u8>> {
     let bytes: Result<Vec<u8>, _> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect();
     match bytes {
         Ok(b) if b.len() == 6 => Ok(b),
-        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid MAC {s:?}"))),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid MAC {s:?}"),
+        )),
     }
 }
 
@@ -97,7 +102,9 @@ pub fn is_exists(e: &io::Error) -> bool {
 }
 
 pub fn is_not_found(e: &io::Error) -> bool {
-    is_errno(e, libc::ENODEV) || is_errno(e, libc::ENOENT) || is_errno(e, libc::ESRCH)
+    is_errno(e, libc::ENODEV)
+        || is_errno(e, libc::ENOENT)
+        || is_errno(e, libc::ESRCH)
         || is_errno(e, libc::EADDRNOTAVAIL)
 }
 
@@ -145,7 +152,11 @@ impl Netlink {
         })
     }
 
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
@@ -210,7 +221,10 @@ impl Netlink {
     }
 
     pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        let r = self.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)?;
+        let r = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
         Ok(r.iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(Link::from_msg(l)),
@@ -220,7 +234,12 @@ impl Netlink {
     }
 
     /// Create a bridge; EEXIST is returned as is (the caller looks it up: many ADDs race here).
-    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>, vlan_filtering: bool) -> io::Result<()> {
+    pub fn create_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        vlan_filtering: bool,
+    ) -> io::Result<()> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
         if let Some(mtu) = mtu {
@@ -228,10 +247,13 @@ impl Netlink {
         }
         let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
         if vlan_filtering {
-            info.push(LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)])));
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::VlanFiltering(true),
+            ])));
         }
         m.attributes.push(LinkAttribute::LinkInfo(info));
-        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(|_| ())
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(|_| ())
     }
 
     /// Create a veth pair: `host` here (enslaved to `master`, up) and `peer` in the netns
@@ -270,7 +292,8 @@ impl Netlink {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
-        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(|_| ())
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(|_| ())
     }
 
     fn set_link(&mut self, index: u32, f: impl FnOnce(&mut LinkMessage)) -> io::Result<()> {
@@ -282,20 +305,30 @@ impl Netlink {
 
     pub fn set_up(&mut self, index: u32, up: bool) -> io::Result<()> {
         self.set_link(index, |m| {
-            m.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+            m.header.flags = if up {
+                LinkFlags::Up
+            } else {
+                LinkFlags::empty()
+            };
             m.header.change_mask = LinkFlags::Up;
         })
     }
 
     pub fn set_promisc(&mut self, index: u32, on: bool) -> io::Result<()> {
         self.set_link(index, |m| {
-            m.header.flags = if on { LinkFlags::Promisc } else { LinkFlags::empty() };
+            m.header.flags = if on {
+                LinkFlags::Promisc
+            } else {
+                LinkFlags::empty()
+            };
             m.header.change_mask = LinkFlags::Promisc;
         })
     }
 
     pub fn set_mac(&mut self, index: u32, mac: &[u8]) -> io::Result<()> {
-        self.set_link(index, |m| m.attributes.push(LinkAttribute::Address(mac.to_vec())))
+        self.set_link(index, |m| {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()))
+        })
     }
 
     /// Bridge port options (hairpin, isolation) on an enslaved link.
@@ -310,7 +343,14 @@ impl Netlink {
     }
 
     /// `bridge vlan add/del dev <index> vid <vid> [pvid] [untagged] master`.
-    pub fn bridge_vlan(&mut self, index: u32, vid: u16, pvid: bool, untagged: bool, add: bool) -> io::Result<()> {
+    pub fn bridge_vlan(
+        &mut self,
+        index: u32,
+        vid: u16,
+        pvid: bool,
+        untagged: bool,
+        add: bool,
+    ) -> io::Result<()> {
         let mut flags = BridgeVlanInfoFlags::empty();
         if pvid {
             flags |= BridgeVlanInfoFlags::Pvid;
@@ -322,7 +362,10 @@ impl Netlink {
         m.header.interface_family = AddressFamily::Bridge;
         m.header.index = index;
         let info = BridgeVlanInfo { flags, vid };
-        m.attributes.push(LinkAttribute::AfSpecBridge(vec![AfSpecBridge::VlanInfo(info)]));
+        m.attributes
+            .push(LinkAttribute::AfSpecBridge(vec![AfSpecBridge::VlanInfo(
+                info,
+            )]));
         let msg = if add {
             RouteNetlinkMessage::SetLink(m)
         } else {
@@ -348,13 +391,19 @@ impl Netlink {
         m.attributes.push(AddressAttribute::Address(addr.ip()));
         if let IpNetwork::V4(v4) = addr {
             if v4.prefix() < 31 {
-                m.attributes.push(AddressAttribute::Broadcast(v4.broadcast()));
+                m.attributes
+                    .push(AddressAttribute::Broadcast(v4.broadcast()));
             }
         }
         if nodad && addr.is_ipv6() {
-            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL).map(|_| ())
+        self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(|_| ())
     }
 
     pub fn del_addr(&mut self, index: u32, addr: IpNetwork) -> io::Result<()> {
@@ -364,12 +413,16 @@ impl Netlink {
         m.header.index = index;
         m.attributes.push(AddressAttribute::Local(addr.ip()));
         m.attributes.push(AddressAttribute::Address(addr.ip()));
-        self.request(RouteNetlinkMessage::DelAddress(m), 0).map(|_| ())
+        self.request(RouteNetlinkMessage::DelAddress(m), 0)
+            .map(|_| ())
     }
 
     /// Addresses on `index` (universe/site scope and link-local both), any family.
     pub fn addrs(&mut self, index: u32) -> io::Result<Vec<IpNetwork>> {
-        let r = self.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        let r = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
         let mut out = Vec::new();
         for m in r {
             if let RouteNetlinkMessage::NewAddress(a) = m {
@@ -398,11 +451,21 @@ impl Netlink {
 
     // ---- routes ----
 
-    pub fn add_route(&mut self, index: u32, dst: IpNetwork, gw: Option<IpAddr>, r: Option<&crate::cni::Route>) -> io::Result<()> {
+    pub fn add_route(
+        &mut self,
+        index: u32,
+        dst: IpNetwork,
+        gw: Option<IpAddr>,
+        r: Option<&crate::cni::Route>,
+    ) -> io::Result<()> {
         let mut m = RouteMessage::default();
         m.header.address_family = family_of(&dst.ip());
         m.header.destination_prefix_length = dst.prefix();
-        m.header.table = r.and_then(|r| r.table).filter(|t| *t < 256).map(|t| t as u8).unwrap_or(RouteHeader::RT_TABLE_MAIN);
+        m.header.table = r
+            .and_then(|r| r.table)
+            .filter(|t| *t < 256)
+            .map(|t| t as u8)
+            .unwrap_or(RouteHeader::RT_TABLE_MAIN);
         m.header.protocol = RouteProtocol::Boot;
         m.header.scope = match (r.and_then(|r| r.scope), gw) {
             (Some(s), _) => RouteScope::from(s),
@@ -411,7 +474,8 @@ impl Netlink {
         };
         m.header.kind = RouteType::Unicast;
         if dst.prefix() > 0 {
-            m.attributes.push(RouteAttribute::Destination(route_addr(dst.network())));
+            m.attributes
+                .push(RouteAttribute::Destination(route_addr(dst.network())));
         }
         if let Some(gw) = gw {
             m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
@@ -435,7 +499,8 @@ impl Netlink {
                 m.attributes.push(RouteAttribute::Metrics(metrics));
             }
         }
-        self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL).map(|_| ())
+        self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(|_| ())
     }
 
     /// Routes of the main table.
@@ -445,7 +510,9 @@ impl Netlink {
             let mut q = RouteMessage::default();
             q.header.address_family = fam;
             for m in self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)? {
-                let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+                let RouteNetlinkMessage::NewRoute(r) = m else {
+                    continue;
+                };
                 let mut table = r.header.table as u32;
                 let mut dst = None;
                 let mut gw = None;

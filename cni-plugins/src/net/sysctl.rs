@@ -3,7 +3,10 @@
 use std::io;
 
 pub fn path(key: &str) -> String {
-    format!("/proc/sys/{}", key.trim_start_matches('/').replace('.', "/"))
+    format!(
+        "/proc/sys/{}",
+        key.trim_start_matches('/').replace('.', "/")
+    )
 }
 
 pub fn get(key_path: &str) -> io::Result<String> {

@@ -78,7 +78,10 @@ struct Conf {
 fn load(args: &CmdArgs) -> Result<Conf> {
     let mut n: Conf = args.plugin_conf()?;
     if n.vlan < 0 || n.vlan > 4094 {
-        return Err(Error::config(format!("invalid VLAN ID {} (must be between 0 and 4094)", n.vlan)));
+        return Err(Error::config(format!(
+            "invalid VLAN ID {} (must be between 0 and 4094)",
+            n.vlan
+        )));
     }
     let mut vlans = std::collections::BTreeSet::new();
     for t in n.vlan_trunk.iter().flatten() {
@@ -89,12 +92,16 @@ fn load(args: &CmdArgs) -> Result<Conf> {
                     return Err(Error::config("incorrect trunk minID/maxID parameter"));
                 }
                 if b < a {
-                    return Err(Error::config("minID is greater than maxID in trunk parameter"));
+                    return Err(Error::config(
+                        "minID is greater than maxID in trunk parameter",
+                    ));
                 }
                 vlans.extend((a..=b).map(|v| v as u16));
             }
             (None, Some(_)) | (Some(_), None) => {
-                return Err(Error::config("minID and maxID should be configured simultaneously"))
+                return Err(Error::config(
+                    "minID and maxID should be configured simultaneously",
+                ))
             }
             (None, None) => {}
         }
@@ -107,7 +114,9 @@ fn load(args: &CmdArgs) -> Result<Conf> {
     }
     n.vlans = vlans.into_iter().collect();
     if n.vlan > 0 && !n.vlans.is_empty() {
-        return Err(Error::config("cannot set vlan and vlanTrunk at the same time"));
+        return Err(Error::config(
+            "cannot set vlan and vlanTrunk at the same time",
+        ));
     }
     if n.is_default_gw {
         n.is_gw = true;
@@ -118,7 +127,12 @@ fn load(args: &CmdArgs) -> Result<Conf> {
         }
     }
     for p in ["/args/cni/mac", "/runtimeConfig/mac"] {
-        if let Some(m) = args.raw.pointer(p).and_then(|v| v.as_str()).filter(|m| !m.is_empty()) {
+        if let Some(m) = args
+            .raw
+            .pointer(p)
+            .and_then(|v| v.as_str())
+            .filter(|m| !m.is_empty())
+        {
             n.mac = Some(m.to_string());
         }
     }
@@ -139,25 +153,38 @@ fn owner<'a>(args: &'a CmdArgs) -> Owner<'a> {
 
 /// Create the bridge if missing (race-safe: EEXIST means another ADD won) and bring it up.
 fn ensure_bridge(nl: &mut Netlink, n: &Conf) -> Result<Link> {
-    let mut br = nl.link_by_name(&n.bridge).map_err(nl_err("lookup bridge"))?;
+    let mut br = nl
+        .link_by_name(&n.bridge)
+        .map_err(nl_err("lookup bridge"))?;
     if br.is_none() {
         let mtu = (n.mtu > 0).then_some(n.mtu);
         let vlan_filtering = n.vlan != 0 || n.vlan_trunk.is_some();
         match nl.create_bridge(&n.bridge, mtu, vlan_filtering) {
             Ok(()) => {}
             Err(e) if netlink::is_exists(&e) => {}
-            Err(e) => return Err(Error::internal(format!("could not add {:?}: {e}", n.bridge))),
+            Err(e) => {
+                return Err(Error::internal(format!(
+                    "could not add {:?}: {e}",
+                    n.bridge
+                )))
+            }
         }
         // We own the routes of this interface.
         let _ = std::fs::write(sysctl::iface_path("ipv6", &n.bridge, "accept_ra"), "0");
-        br = nl.link_by_name(&n.bridge).map_err(nl_err("lookup bridge"))?;
+        br = nl
+            .link_by_name(&n.bridge)
+            .map_err(nl_err("lookup bridge"))?;
     }
     let br = br.ok_or_else(|| Error::internal(format!("could not lookup {:?}", n.bridge)))?;
     if br.kind.as_deref() != Some("bridge") {
-        return Err(Error::internal(format!("{:?} already exists but is not a bridge", n.bridge)));
+        return Err(Error::internal(format!(
+            "{:?} already exists but is not a bridge",
+            n.bridge
+        )));
     }
     if n.promisc && !br.promisc {
-        nl.set_promisc(br.index, true).map_err(nl_err("set promisc"))?;
+        nl.set_promisc(br.index, true)
+            .map_err(nl_err("set promisc"))?;
     }
     if !br.up {
         nl.set_up(br.index, true).map_err(nl_err("set bridge up"))?;
@@ -207,7 +234,9 @@ fn gateway_of(a: &IpNetwork) -> IpAddr {
 /// Put `gw` on the bridge; another address of the family (overlapping for v6) is an
 /// error unless forceAddress, which replaces it.
 fn ensure_gateway_addr(nl: &mut Netlink, br: &Link, gw: IpNetwork, force: bool) -> Result<bool> {
-    let addrs = nl.addrs(br.index).map_err(nl_err("list bridge addresses"))?;
+    let addrs = nl
+        .addrs(br.index)
+        .map_err(nl_err("list bridge addresses"))?;
     for a in &addrs {
         if *a == gw {
             return Ok(false);
@@ -216,9 +245,13 @@ fn ensure_gateway_addr(nl: &mut Netlink, br: &Link, gw: IpNetwork, force: bool) 
             continue;
         }
         let conflicts = gw.is_ipv4() || a.contains(gw.ip()) || gw.contains(a.ip());
-        if conflicts && a.is_ipv4() == gw.is_ipv4() && !(a.is_ipv6() && a.ip().to_string().starts_with("fe80")) {
+        if conflicts
+            && a.is_ipv4() == gw.is_ipv4()
+            && !(a.is_ipv6() && a.ip().to_string().starts_with("fe80"))
+        {
             if force {
-                nl.del_addr(br.index, *a).map_err(nl_err("remove bridge address"))?;
+                nl.del_addr(br.index, *a)
+                    .map_err(nl_err("remove bridge address"))?;
             } else {
                 return Err(Error::internal(format!(
                     "{:?} already has an IP address different from {gw}",
@@ -230,7 +263,10 @@ fn ensure_gateway_addr(nl: &mut Netlink, br: &Link, gw: IpNetwork, force: bool) 
     match nl.add_addr(br.index, gw, true) {
         Ok(()) => Ok(true),
         Err(e) if netlink::is_exists(&e) => Ok(false),
-        Err(e) => Err(Error::internal(format!("could not add IP address to {:?}: {e}", br.name))),
+        Err(e) => Err(Error::internal(format!(
+            "could not add IP address to {:?}: {e}",
+            br.name
+        ))),
     }
 }
 
@@ -268,11 +304,16 @@ fn spoof_teardown(args: &CmdArgs) {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if line.contains(&format!("jump {c}")) {
             if let Some(h) = line.rsplit("# handle ").next() {
-                script.push_str(&format!("delete rule bridge nat PREROUTING handle {}\n", h.trim()));
+                script.push_str(&format!(
+                    "delete rule bridge nat PREROUTING handle {}\n",
+                    h.trim()
+                ));
             }
         }
     }
-    script.push_str(&format!("flush chain bridge nat {c}\ndelete chain bridge nat {c}\n"));
+    script.push_str(&format!(
+        "flush chain bridge nat {c}\ndelete chain bridge nat {c}\n"
+    ));
     let _ = nft(&script);
 }
 
@@ -292,7 +333,10 @@ fn nft(script: &str) -> Result<()> {
         .wait_with_output()
         .map_err(|e| Error::internal(format!("nft: {e}")))?;
     if !out.status.success() {
-        return Err(Error::internal(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(Error::internal(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
@@ -302,10 +346,17 @@ impl Bridge {
         let mut nl = Netlink::new().map_err(nl_err("netlink"))?;
         let br = ensure_bridge(&mut nl, n)?;
         let ns = NetNs::open(&args.netns).map_err(|e| {
-            Error::new(Code::InvalidNetns, format!("failed to open netns {:?}: {e}", args.netns))
+            Error::new(
+                Code::InvalidNetns,
+                format!("failed to open netns {:?}: {e}", args.netns),
+            )
         })?;
         let mut cnl = ns.netlink().map_err(nl_err("netlink in netns"))?;
-        if cnl.link_by_name(&args.ifname).map_err(nl_err("lookup"))?.is_some() {
+        if cnl
+            .link_by_name(&args.ifname)
+            .map_err(nl_err("lookup"))?
+            .is_some()
+        {
             return Err(Error::internal(format!(
                 "container veth name provided ({}) already exists",
                 args.ifname
@@ -321,13 +372,24 @@ impl Bridge {
         let mut host_name = String::new();
         for attempt in 0..10 {
             let name = random_veth_name();
-            match nl.create_veth(&name, &args.ifname, ns.fd(), mtu, mac.as_deref(), Some(br.index)) {
+            match nl.create_veth(
+                &name,
+                &args.ifname,
+                ns.fd(),
+                mtu,
+                mac.as_deref(),
+                Some(br.index),
+            ) {
                 Ok(()) => {
                     host_name = name;
                     break;
                 }
                 Err(e) if netlink::is_exists(&e) && attempt < 9 => {
-                    if cnl.link_by_name(&args.ifname).map_err(nl_err("lookup"))?.is_some() {
+                    if cnl
+                        .link_by_name(&args.ifname)
+                        .map_err(nl_err("lookup"))?
+                        .is_some()
+                    {
                         return Err(Error::internal(format!(
                             "container veth name provided ({}) already exists",
                             args.ifname
@@ -352,18 +414,24 @@ impl Bridge {
                 opts.push(InfoBridgePort::Isolated(true));
             }
             nl.set_bridge_port(host.index, opts)
-                .map_err(nl_err(format!("failed to set bridge port options on {host_name}")))?;
+                .map_err(nl_err(format!(
+                    "failed to set bridge port options on {host_name}"
+                )))?;
         }
         if (n.vlan != 0 || !n.vlans.is_empty()) && !n.preserve_default_vlan {
             let _ = nl.bridge_vlan(host.index, 1, false, false, false);
         }
         if n.vlan != 0 {
             nl.bridge_vlan(host.index, n.vlan as u16, true, true, true)
-                .map_err(nl_err(format!("failed to setup vlan tag on interface {host_name}")))?;
+                .map_err(nl_err(format!(
+                    "failed to setup vlan tag on interface {host_name}"
+                )))?;
         }
         for v in &n.vlans {
             nl.bridge_vlan(host.index, *v, false, false, true)
-                .map_err(nl_err(format!("failed to setup vlan tag on interface {host_name}")))?;
+                .map_err(nl_err(format!(
+                    "failed to setup vlan tag on interface {host_name}"
+                )))?;
         }
 
         let cont = cnl
@@ -371,7 +439,8 @@ impl Bridge {
             .map_err(nl_err("lookup"))?
             .ok_or_else(|| Error::internal(format!("failed to lookup {:?}", args.ifname)))?;
         if !n.disable_container_interface {
-            cnl.set_up(cont.index, true).map_err(nl_err("set container interface up"))?;
+            cnl.set_up(cont.index, true)
+                .map_err(nl_err("set container interface up"))?;
         }
 
         if n.macspoofchk {
@@ -400,9 +469,14 @@ impl Bridge {
             if n.is_default_gw {
                 for ip in result.ips.clone() {
                     let fam = ip.address.is_ipv6() as usize;
-                    let zero: IpNetwork = if fam == 0 { "0.0.0.0/0" } else { "::/0" }.parse().expect("literal");
+                    let zero: IpNetwork = if fam == 0 { "0.0.0.0/0" } else { "::/0" }
+                        .parse()
+                        .expect("literal");
                     if !default_found[fam] {
-                        default_found[fam] = result.routes.iter().any(|r| r.gw.is_some() && r.dst == zero);
+                        default_found[fam] = result
+                            .routes
+                            .iter()
+                            .any(|r| r.gw.is_some() && r.dst == zero);
                     }
                     if !default_found[fam] {
                         result.routes.push(Route::new(zero, ip.gateway));
@@ -419,10 +493,13 @@ impl Bridge {
                 let mut pinned = false;
                 for ip in &result.ips {
                     let Some(gw) = ip.gateway else { continue };
-                    let gw = IpNetwork::new(gw, ip.address.prefix()).map_err(|e| Error::internal(e.to_string()))?;
+                    let gw = IpNetwork::new(gw, ip.address.prefix())
+                        .map_err(|e| Error::internal(e.to_string()))?;
                     if ensure_gateway_addr(&mut nl, &br, gw, n.force_address)? && !pinned {
                         // Pin the bridge's MAC, else it follows the lowest port's MAC.
-                        if let Some(b) = nl.link_by_name(&br.name).map_err(nl_err("lookup bridge"))? {
+                        if let Some(b) =
+                            nl.link_by_name(&br.name).map_err(nl_err("lookup bridge"))?
+                        {
                             if let Ok(mac) = netlink::parse_mac(&b.mac) {
                                 let _ = nl.set_mac(b.index, &mac);
                             }
@@ -441,8 +518,14 @@ impl Bridge {
             }
         }
 
-        let host = nl.link_by_name(&host_name).map_err(nl_err("lookup veth"))?.unwrap_or(host);
-        let br = nl.link_by_name(&n.bridge).map_err(nl_err("lookup bridge"))?.unwrap_or(br);
+        let host = nl
+            .link_by_name(&host_name)
+            .map_err(nl_err("lookup veth"))?
+            .unwrap_or(host);
+        let br = nl
+            .link_by_name(&n.bridge)
+            .map_err(nl_err("lookup bridge"))?
+            .unwrap_or(br);
         result.interfaces = vec![
             Interface {
                 name: br.name.clone(),
@@ -486,7 +569,8 @@ impl Bridge {
         ns.run(|| {
             if has_v6 {
                 if enabledad {
-                    let _ = std::fs::write(sysctl::iface_path("ipv6", &ifname, "enhanced_dad"), "1");
+                    let _ =
+                        std::fs::write(sysctl::iface_path("ipv6", &ifname, "enhanced_dad"), "1");
                     let _ = std::fs::write(sysctl::iface_path("ipv6", &ifname, "accept_dad"), "1");
                 } else {
                     let _ = std::fs::write(sysctl::iface_path("ipv6", &ifname, "accept_dad"), "0");
@@ -507,8 +591,16 @@ impl Bridge {
                 }
             }
         }
-        let gw4 = result.ips.iter().filter(|i| i.address.is_ipv4()).find_map(|i| i.gateway);
-        let gw6 = result.ips.iter().filter(|i| i.address.is_ipv6()).find_map(|i| i.gateway);
+        let gw4 = result
+            .ips
+            .iter()
+            .filter(|i| i.address.is_ipv4())
+            .find_map(|i| i.gateway);
+        let gw6 = result
+            .ips
+            .iter()
+            .filter(|i| i.address.is_ipv6())
+            .find_map(|i| i.gateway);
         for r in &result.routes {
             let gw = r.gw.or(if r.dst.is_ipv4() { gw4 } else { gw6 });
             match cnl.add_route(cont.index, r.dst, gw, Some(r)) {
@@ -530,7 +622,9 @@ impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let n = load(args)?;
         if n.hairpin && n.promisc {
-            return Err(Error::config("cannot set hairpin mode and promiscuous mode at the same time"));
+            return Err(Error::config(
+                "cannot set hairpin mode and promiscuous mode at the same time",
+            ));
         }
         let mut undo = Undo::default();
         let out = self.add_inner(args, &n, &mut undo);
@@ -564,13 +658,21 @@ impl Plugin for Bridge {
                         match cnl.delete_link(l.index) {
                             Ok(()) => {}
                             Err(e) if netlink::is_not_found(&e) => {}
-                            Err(e) => return Err(Error::internal(format!("failed to delete {:?}: {e}", args.ifname))),
+                            Err(e) => {
+                                return Err(Error::internal(format!(
+                                    "failed to delete {:?}: {e}",
+                                    args.ifname
+                                )))
+                            }
                         }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(Error::new(Code::InvalidNetns, format!("failed to open netns {:?}: {e}", args.netns)))
+                    return Err(Error::new(
+                        Code::InvalidNetns,
+                        format!("failed to open netns {:?}: {e}", args.netns),
+                    ))
                 }
             }
         }
@@ -589,7 +691,10 @@ impl Plugin for Bridge {
     fn check(&self, args: &CmdArgs) -> Result<()> {
         let n = load(args)?;
         let ns = NetNs::open(&args.netns).map_err(|e| {
-            Error::new(Code::InvalidNetns, format!("failed to open netns {:?}: {e}", args.netns))
+            Error::new(
+                Code::InvalidNetns,
+                format!("failed to open netns {:?}: {e}", args.netns),
+            )
         })?;
         if !args.conf.ipam.plugin_type.is_empty() {
             super::ipam(args, Command::Check)?;
@@ -609,13 +714,24 @@ impl Plugin for Bridge {
             .link_by_name(&n.bridge)
             .map_err(nl_err("lookup bridge"))?
             .filter(|_| br_if.is_some())
-            .ok_or_else(|| Error::internal(format!("CNI created bridge {} in host namespace was not found", n.bridge)))?;
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "CNI created bridge {} in host namespace was not found",
+                    n.bridge
+                ))
+            })?;
         if br.kind.as_deref() != Some("bridge") {
-            return Err(Error::internal(format!("Interface {} does not have link type of bridge", br.name)));
+            return Err(Error::internal(format!(
+                "Interface {} does not have link type of bridge",
+                br.name
+            )));
         }
         if let Some(bi) = br_if {
             if !bi.mac.is_empty() && bi.mac != br.mac {
-                return Err(Error::internal(format!("Bridge interface {} Mac doesn't match: {}", br.name, bi.mac)));
+                return Err(Error::internal(format!(
+                    "Bridge interface {} Mac doesn't match: {}",
+                    br.name, bi.mac
+                )));
             }
         }
         if br.promisc != n.promisc {
@@ -625,14 +741,20 @@ impl Plugin for Bridge {
             )));
         }
         let cont_if = cont_if.ok_or_else(|| {
-            Error::internal(format!("Sandbox in prevResult doesn't match configured netns: {}", args.netns))
+            Error::internal(format!(
+                "Sandbox in prevResult doesn't match configured netns: {}",
+                args.netns
+            ))
         })?;
         let cont = cnl
             .link_by_name(&args.ifname)
             .map_err(nl_err("lookup"))?
             .ok_or_else(|| Error::internal(format!("Interface name {} not found", args.ifname)))?;
         if cont.kind.as_deref() != Some("veth") {
-            return Err(Error::internal(format!("Error: Container interface {} not of type veth", cont.name)));
+            return Err(Error::internal(format!(
+                "Error: Container interface {} not of type veth",
+                cont.name
+            )));
         }
         if !cont_if.mac.is_empty() && cont_if.mac != cont.mac {
             return Err(Error::internal(format!(
@@ -645,9 +767,16 @@ impl Plugin for Bridge {
             .iter()
             .filter(|i| i.name != n.bridge && i.sandbox.is_empty())
             .filter_map(|i| nl.link_by_name(&i.name).ok().flatten())
-            .any(|l| l.index == cont.peer.unwrap_or(0) && l.peer == Some(cont.index) && l.master == Some(br.index));
+            .any(|l| {
+                l.index == cont.peer.unwrap_or(0)
+                    && l.peer == Some(cont.index)
+                    && l.master == Some(br.index)
+            });
         if !veth_ok {
-            return Err(Error::internal(format!("CNI veth created for bridge {} was not found", n.bridge)));
+            return Err(Error::internal(format!(
+                "CNI veth created for bridge {} was not found",
+                n.bridge
+            )));
         }
         let have = cnl.addrs(cont.index).map_err(nl_err("list addresses"))?;
         for ip in &prev.ips {
@@ -683,7 +812,11 @@ impl Plugin for Bridge {
         let n = load(args)?;
         if n.ip_masq {
             let valid = super::valid_attachments(args);
-            masq::gc(Backend::choose(n.ip_masq_backend.as_deref())?, &args.conf.name, &valid)?;
+            masq::gc(
+                Backend::choose(n.ip_masq_backend.as_deref())?,
+                &args.conf.name,
+                &valid,
+            )?;
         }
         if !args.conf.ipam.plugin_type.is_empty() {
             super::ipam(args, Command::Gc)?;

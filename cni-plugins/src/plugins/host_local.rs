@@ -44,7 +44,10 @@ impl Plugin for HostLocal {
         if store.find(&args.container_id, &args.ifname)?.is_empty() {
             return Err(Error::new(
                 Code::UnknownContainer,
-                format!("host-local: Failed to find address added by container {}", args.container_id),
+                format!(
+                    "host-local: Failed to find address added by container {}",
+                    args.container_id
+                ),
             ));
         }
         Ok(())

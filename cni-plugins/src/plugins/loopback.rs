@@ -10,7 +10,10 @@ pub struct Loopback;
 
 fn open(args: &CmdArgs) -> Result<NetNs> {
     NetNs::open(&args.netns).map_err(|e| {
-        Error::new(Code::InvalidNetns, format!("failed to open netns {:?}: {e}", args.netns))
+        Error::new(
+            Code::InvalidNetns,
+            format!("failed to open netns {:?}: {e}", args.netns),
+        )
     })
 }
 
@@ -58,7 +61,12 @@ impl Plugin for Loopback {
         let ns = match NetNs::open(&args.netns) {
             Ok(ns) => ns,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::new(Code::InvalidNetns, format!("failed to open netns: {e}"))),
+            Err(e) => {
+                return Err(Error::new(
+                    Code::InvalidNetns,
+                    format!("failed to open netns: {e}"),
+                ))
+            }
         };
         let mut nl = ns.netlink().map_err(nl_err)?;
         if let Some(lo) = nl.link_by_name("lo").map_err(nl_err)? {

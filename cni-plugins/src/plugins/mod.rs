@@ -28,7 +28,10 @@ fn is_our_host_local(exe: &Path) -> bool {
     if name.strip_prefix("nestbox-").unwrap_or(name) != "host-local" {
         return false;
     }
-    match (std::fs::canonicalize(exe), std::fs::canonicalize("/proc/self/exe")) {
+    match (
+        std::fs::canonicalize(exe),
+        std::fs::canonicalize("/proc/self/exe"),
+    ) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
