@@ -1,6 +1,7 @@
 //! Device access rules: the v1 devices.allow/devices.deny lists, and runc's default allowed
 //! devices appended to every rule list so /dev/null, /dev/tty, ptys… keep working.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
@@ -41,94 +42,244 @@ pub fn default_allowed_devices() -> Vec<LinuxDeviceCgroup> {
     ]
 }
 
-/// "all devices": type a (or none) with no major/minor.
+/// "all devices": type a (or none). The kernel treats any "a" rule as the whole policy.
 fn is_all(r: &LinuxDeviceCgroup) -> bool {
-    matches!(r.typ(), None | Some(LinuxDeviceType::A)) && r.major().is_none() && r.minor().is_none()
+    matches!(r.typ(), None | Some(LinuxDeviceType::A))
 }
 
-fn access_of(r: &LinuxDeviceCgroup) -> Result<String, Error> {
+/// Access bits as the kernel's BPF device context has them.
+pub(crate) const ACC_MKNOD: u8 = 1;
+pub(crate) const ACC_READ: u8 = 2;
+pub(crate) const ACC_WRITE: u8 = 4;
+const ACC_ALL: u8 = ACC_MKNOD | ACC_READ | ACC_WRITE;
+
+fn access_bits(r: &LinuxDeviceCgroup) -> Result<u8, Error> {
     let access = r.access().as_deref().unwrap_or("rwm");
     let access = if access.is_empty() { "rwm" } else { access };
-    if access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
-        Ok(access.to_owned())
-    } else {
-        Err(Error::InvalidValue {
-            field: "devices.access".to_owned(),
-            reason: format!("{access:?} is not a combination of r, w and m"),
-        })
+    let mut bits = 0;
+    for c in access.chars() {
+        bits |= match c {
+            'r' => ACC_READ,
+            'w' => ACC_WRITE,
+            'm' => ACC_MKNOD,
+            _ => {
+                return Err(Error::InvalidValue {
+                    field: "devices.access".to_owned(),
+                    reason: format!("{access:?} is not a combination of r, w and m"),
+                })
+            }
+        };
     }
+    Ok(bits)
+}
+
+fn access_string(bits: u8) -> String {
+    let mut s = String::new();
+    if bits & ACC_READ != 0 {
+        s.push('r');
+    }
+    if bits & ACC_WRITE != 0 {
+        s.push('w');
+    }
+    if bits & ACC_MKNOD != 0 {
+        s.push('m');
+    }
+    s
+}
+
+/// Device type, major, minor (None = any) of one exception.
+pub(crate) type DeviceKey = (char, Option<i64>, Option<i64>);
+
+/// The policy a rule list produces, computed the way the v1 kernel applies rules one by one:
+/// a default (allow or deny everything) plus exceptions with the opposite effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DevicePolicy {
+    pub default_allow: bool,
+    pub exceptions: BTreeMap<DeviceKey, u8>,
+}
+
+impl DevicePolicy {
+    fn deny_all() -> Self {
+        DevicePolicy {
+            default_allow: false,
+            exceptions: BTreeMap::new(),
+        }
+    }
+
+    fn apply(&mut self, r: &LinuxDeviceCgroup) -> Result<(), Error> {
+        if is_all(r) {
+            self.default_allow = r.allow();
+            self.exceptions.clear();
+            return Ok(());
+        }
+        let typ = match r.typ() {
+            Some(LinuxDeviceType::B) => 'b',
+            Some(LinuxDeviceType::C) | Some(LinuxDeviceType::U) => 'c',
+            other => {
+                return Err(Error::InvalidValue {
+                    field: "devices.type".to_owned(),
+                    reason: format!(
+                        "{:?} rules cannot be expressed in the devices cgroup",
+                        other.map(|t| t.as_str().to_owned())
+                    ),
+                })
+            }
+        };
+        let key = (
+            typ,
+            r.major().filter(|v| *v >= 0),
+            r.minor().filter(|v| *v >= 0),
+        );
+        let bits = access_bits(r)?;
+        if r.allow() == self.default_allow {
+            // Same effect as the default: take those bits out of the exception.
+            if let Some(cur) = self.exceptions.get_mut(&key) {
+                *cur &= !bits;
+                if *cur == 0 {
+                    self.exceptions.remove(&key);
+                }
+            }
+        } else {
+            *self.exceptions.entry(key).or_insert(0) |= bits;
+        }
+        Ok(())
+    }
+
+    /// The container's policy: deny everything, the spec's rules in order, then runc's
+    /// default devices.
+    pub(crate) fn from_spec(rules: &[LinuxDeviceCgroup]) -> Result<Self, Error> {
+        let mut p = DevicePolicy::deny_all();
+        for r in rules.iter().chain(default_allowed_devices().iter()) {
+            p.apply(r)?;
+        }
+        Ok(p)
+    }
+
+    /// Parse v1 devices.list: "a *:* rwm" means allow-all (its deny exceptions are not
+    /// shown); otherwise the lines are the allowed exceptions.
+    pub(crate) fn from_v1_list(text: &str) -> Self {
+        let mut p = DevicePolicy::deny_all();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [typ, dev, access] = f.as_slice() else {
+                continue;
+            };
+            if *typ == "a" {
+                p.default_allow = true;
+                p.exceptions.clear();
+                return p;
+            }
+            let Some((maj, min)) = dev.split_once(':') else {
+                continue;
+            };
+            let n = |s: &str| if s == "*" { None } else { s.parse().ok() };
+            let bits = access
+                .chars()
+                .map(|c| match c {
+                    'r' => ACC_READ,
+                    'w' => ACC_WRITE,
+                    'm' => ACC_MKNOD,
+                    _ => 0,
+                })
+                .fold(0, |a, b| a | b);
+            let typ = typ.chars().next().unwrap_or('c');
+            *p.exceptions.entry((typ, n(maj), n(min))).or_insert(0) |= bits;
+        }
+        p
+    }
+}
+
+fn v1_key_line(key: &DeviceKey, bits: u8) -> String {
+    let n = |v: Option<i64>| v.map_or("*".to_owned(), |v| v.to_string());
+    format!(
+        "{} {}:{} {}",
+        key.0,
+        n(key.1),
+        n(key.2),
+        access_string(bits)
+    )
 }
 
 /// The v1 rule line: "c 1:3 rwm", "b *:* m".
+#[cfg(test)]
 pub(crate) fn v1_line(r: &LinuxDeviceCgroup) -> Result<String, Error> {
     let typ = r.typ().unwrap_or_default();
-    if matches!(typ, LinuxDeviceType::U | LinuxDeviceType::P) {
+    if matches!(typ, LinuxDeviceType::P) {
         return Err(Error::InvalidValue {
             field: "devices.type".to_owned(),
-            reason: format!(
-                "{:?} rules cannot be expressed in the devices cgroup",
-                typ.as_str()
-            ),
+            reason: "\"p\" rules cannot be expressed in the devices cgroup".to_owned(),
         });
     }
-    let n = |v: Option<i64>| v.map_or("*".to_owned(), |v| v.to_string());
+    let typ = if typ == LinuxDeviceType::U {
+        "c"
+    } else {
+        typ.as_str()
+    };
+    let n = |v: Option<i64>| {
+        v.filter(|v| *v >= 0)
+            .map_or("*".to_owned(), |v| v.to_string())
+    };
     Ok(format!(
         "{} {}:{} {}",
-        typ.as_str(),
+        typ,
         n(r.major()),
         n(r.minor()),
-        access_of(r)?
+        access_string(access_bits(r)?)
     ))
 }
 
-/// v1: start from "deny everything", then the spec's rules in order, then the defaults.
+/// v1: make devices.list say what the spec asks (deny everything, the spec's rules, runc's
+/// defaults). When the cgroup is already in allow-list mode (an update of a running
+/// container), new grants are written before old ones are revoked, so devices kept in both
+/// policies never blink off.
 pub(crate) fn set_v1(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Error> {
-    fs::write("devices", dir, "devices.deny", "a")?;
-    let defaults = default_allowed_devices();
-    for r in rules.iter().chain(defaults.iter()) {
-        let file = if r.allow() {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
-        if is_all(r) {
-            // "a" alone switches the default policy and clears the list.
-            fs::write("devices", dir, file, "a")?;
-            continue;
+    let target = DevicePolicy::from_spec(rules)?;
+    let current = DevicePolicy::from_v1_list(&fs::read(dir, "devices.list")?);
+    if current == target {
+        return Ok(());
+    }
+    if target.default_allow {
+        fs::write("devices", dir, "devices.allow", "a")?;
+        for (key, bits) in &target.exceptions {
+            fs::write("devices", dir, "devices.deny", &v1_key_line(key, *bits))?;
         }
-        fs::write("devices", dir, file, &v1_line(r)?)?;
+        return Ok(());
+    }
+    if current.default_allow {
+        fs::write("devices", dir, "devices.deny", "a")?;
+    }
+    let base = if current.default_allow {
+        DevicePolicy::deny_all()
+    } else {
+        current
+    };
+    for (key, bits) in &target.exceptions {
+        let have = base.exceptions.get(key).copied().unwrap_or(0);
+        if bits & !have != 0 {
+            fs::write("devices", dir, "devices.allow", &v1_key_line(key, *bits))?;
+        }
+    }
+    for (key, have) in &base.exceptions {
+        let keep = target.exceptions.get(key).copied().unwrap_or(0);
+        let revoke = have & !keep & ACC_ALL;
+        if revoke != 0 {
+            fs::write("devices", dir, "devices.deny", &v1_key_line(key, revoke))?;
+        }
     }
     Ok(())
 }
 
-/// Whether the rules only restate the default policy (deny all, then some of the default
-/// devices), which every OCI config carries.
-fn only_default_rules(rules: &[LinuxDeviceCgroup]) -> bool {
-    let defaults = default_allowed_devices();
-    rules.iter().all(|r| {
-        (!r.allow() && is_all(r))
-            || (r.allow()
-                && defaults.iter().any(|d| {
-                    d.typ() == r.typ() && d.major() == r.major() && d.minor() == r.minor()
-                }))
-    })
-}
-
-/// v2 needs a BPF_PROG_TYPE_CGROUP_DEVICE program. Until that lands, the default policy is
-/// accepted (with a warning that it is not enforced) and anything more specific is refused.
+/// v2: a BPF_PROG_TYPE_CGROUP_DEVICE program built from the same policy, attached to the
+/// cgroup (replacing the one attached before, so `update` works).
 pub(crate) fn set_v2(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Error> {
-    if only_default_rules(rules) {
-        tracing::warn!(
-            cgroup = %dir.display(),
-            "devices: cgroup v2 device rules are not enforced yet (no BPF device program)"
-        );
-        return Ok(());
-    }
-    Err(Error::Unsupported {
-        field: "devices".to_owned(),
-        layout: Layout::V2,
-        reason: "device rules beyond the default need a BPF device program, not implemented yet"
-            .to_owned(),
+    let policy = DevicePolicy::from_spec(rules)?;
+    crate::bpf::attach_device_filter(dir, &policy).map_err(|e| match e {
+        Error::Unsupported { reason, .. } => Error::Unsupported {
+            field: "devices".to_owned(),
+            layout: Layout::V2,
+            reason,
+        },
+        other => other,
     })
 }
 
@@ -152,13 +303,38 @@ mod tests {
     }
 
     #[test]
-    fn default_policy_is_recognised() {
+    fn policy_follows_v1_semantics() -> Result<(), Error> {
         let mut deny_all = LinuxDeviceCgroup::default();
         deny_all.set_access(Some("rwm".to_owned()));
-        assert!(only_default_rules(&[deny_all.clone()]));
-        let null = rule(LinuxDeviceType::C, Some(1), Some(3), "rwm");
-        assert!(only_default_rules(&[deny_all.clone(), null]));
         let fuse = rule(LinuxDeviceType::C, Some(10), Some(229), "rwm");
-        assert!(!only_default_rules(&[deny_all, fuse]));
+        let mut no_fuse_write = rule(LinuxDeviceType::C, Some(10), Some(229), "w");
+        no_fuse_write.set_allow(false);
+        let p = DevicePolicy::from_spec(&[deny_all.clone(), fuse, no_fuse_write])?;
+        assert!(!p.default_allow);
+        assert_eq!(
+            p.exceptions.get(&('c', Some(10), Some(229))),
+            Some(&(ACC_READ | ACC_MKNOD))
+        );
+        assert_eq!(p.exceptions.get(&('c', Some(136), None)), Some(&ACC_ALL));
+        // An allow-all rule after the deny resets the list; the defaults add nothing then.
+        let mut allow_all = deny_all.clone();
+        allow_all.set_allow(true);
+        let p = DevicePolicy::from_spec(&[deny_all, allow_all])?;
+        assert!(p.default_allow);
+        assert!(p.exceptions.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn devices_list_round_trip() -> Result<(), Error> {
+        let p = DevicePolicy::from_spec(&[])?;
+        let text: String = p
+            .exceptions
+            .iter()
+            .map(|(k, b)| v1_key_line(k, *b) + "\n")
+            .collect();
+        assert_eq!(DevicePolicy::from_v1_list(&text), p);
+        assert!(DevicePolicy::from_v1_list("a *:* rwm\n").default_allow);
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! `hugetlb` at `/sys/fs/cgroup/unified`) is a first-class case: every controller is written in
 //! whichever hierarchy actually holds it.
 
+pub mod bpf;
 mod devices;
 mod fs;
 pub mod mountinfo;
@@ -444,13 +445,11 @@ impl Cgroup {
             }
         }
         if let Some(rules) = resources.devices() {
-            match self.hierarchy_of("devices") {
-                Some(h) => devices::set_v1(&h.dir, rules)?,
-                None if self.layout == Layout::V2 => {
-                    let dir = self.unified().map(|h| h.dir.clone()).unwrap_or_default();
-                    devices::set_v2(&dir, rules)?
-                }
-                None => return Err(self.missing("devices", "devices")),
+            match (self.hierarchy_of("devices"), self.unified()) {
+                (Some(h), _) => devices::set_v1(&h.dir, rules)?,
+                // cgroup v2 has no devices files: a BPF program attached to the directory.
+                (None, Some(u)) => devices::set_v2(&u.dir, rules)?,
+                (None, None) => return Err(self.missing("devices", "devices")),
             }
         }
         if let Some(net) = resources.network() {
