@@ -292,7 +292,7 @@ pub fn masq_rules(node: &NetNs) -> usize {
     let nft = node.exec(&["nft", "list", "table", "inet", "cni_plugins_masquerade"]);
     let n = String::from_utf8_lossy(&nft.stdout)
         .lines()
-        .filter(|l| l.contains("masquerade"))
+        .filter(|l| l.contains("masquerade comment"))
         .count();
     n
 }
