@@ -249,7 +249,8 @@ const REMOVE_WAIT: Duration = Duration::from_millis(50);
 impl Cgroup {
     /// Resolve (no filesystem changes). `cgroups_path`: the spec's linux.cgroupsPath or None.
     /// Absolute: used as is under every hierarchy root. Relative: nested under the calling
-    /// process's own cgroup (per hierarchy, from /proc/self/cgroup). None: "nestbox/<id>",
+    /// process's own cgroup (per hierarchy, from /proc/self/cgroup; on a pure v2 host under
+    /// its parent, as runc does, since the own cgroup holds processes). None: "nestbox/<id>",
     /// relative. systemd=true: "slice:prefix:name" mapped to the path systemd would use, or
     /// Error::SystemdUnsupported when systemd is not running.
     pub fn resolve(
@@ -291,7 +292,19 @@ impl Cgroup {
                 let (base, comps) = match &requested {
                     Requested::Absolute(c) => (m.mount_point.clone(), c),
                     Requested::Relative(c) => {
-                        let own = mountinfo::own_path(m, &procs);
+                        let mut own = mountinfo::own_path(m, &procs);
+                        if m.v2 && layout == Layout::V2 {
+                            // As runc: on a pure v2 host the caller's own cgroup most likely
+                            // has processes, so controllers cannot be enabled for a child of
+                            // it ("no internal processes"); nest under its parent instead.
+                            own = own.rsplit_once('/').map_or("/", |(parent, _)| {
+                                if parent.is_empty() {
+                                    "/"
+                                } else {
+                                    parent
+                                }
+                            });
+                        }
                         // A bind of a sub-tree shows its root in mountinfo; the process's path
                         // is relative to the hierarchy, so strip that root.
                         let inside = if m.root == "/" {

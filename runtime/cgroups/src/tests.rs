@@ -123,10 +123,14 @@ fn pure_v2_gives_one_directory_for_every_controller() -> Result<(), Error> {
         false,
     )?;
     assert_eq!(cg.layout(), Layout::V2);
-    let want = p("/sys/fs/cgroup/user.slice/session-1.scope/c1");
+    let want = p("/sys/fs/cgroup/user.slice/c1");
     assert_eq!(cg.path("memory"), want);
     assert_eq!(cg.path("cpu"), want);
     assert_eq!(cg.hierarchies().len(), 1);
+    let top = Cgroup::resolve_from(mi, "0::/\n", |_| vec![], Some("c1"), "c1", false, false)?;
+    assert_eq!(top.path(""), p("/sys/fs/cgroup/c1"));
+    let one = Cgroup::resolve_from(mi, "0::/init.scope\n", |_| vec![], None, "c1", false, false)?;
+    assert_eq!(one.path(""), p("/sys/fs/cgroup/nestbox/c1"));
     Ok(())
 }
 
