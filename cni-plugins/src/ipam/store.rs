@@ -54,6 +54,8 @@ impl Store {
             .map_err(|e| Error::io(format!("failed to open lock in {}", dir.display()), e))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::io("failed to lock IPAM store", io::Error::from(e)))?;
+        // Only a lock holder writes the temp file: one found now is from a killed plugin.
+        let _ = fs::remove_file(dir.join(TMP));
         Ok(Store {
             dir: dir.to_path_buf(),
             _lock: lock,
