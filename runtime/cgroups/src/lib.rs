@@ -10,6 +10,7 @@ pub mod bpf;
 mod devices;
 mod fs;
 pub mod mountinfo;
+mod oom;
 mod stats;
 mod v1;
 mod v2;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use devices::default_allowed_devices;
 pub use mountinfo::Layout;
+pub use oom::OomNotifier;
 pub use stats::{
     BlkioEntry, BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryEntry, MemoryStats, PidsStats,
     Stats, Throttling,

@@ -225,6 +225,7 @@ fn oom_kill_is_counted() {
         r#"{"memory": {"limit": 16777216, "swap": 16777216}}"#,
     ))
     .expect("apply");
+    let mut notifier = cg.oom_notifier().expect("oom notifier");
     // The shell waits for a line so it is in the cgroup before it starts eating memory.
     let mut child = Command::new("sh")
         .args(["-c", "read x; exec tail /dev/zero"])
@@ -240,10 +241,22 @@ fn oom_kill_is_counted() {
         .expect("write");
     let status = child.wait().expect("wait");
     g.child = None;
+    // The notifier registered before the OOM is readable now and reports the kill.
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&notifier)),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd. The timeout only keeps a broken notifier from hanging CI.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 30_000) };
+    assert_eq!(ready, 1, "OOM notifier never became readable");
+    assert!(notifier.wait().expect("wait oom").unwrap_or(0) >= 1);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     assert!(cg.oom_kill_count().expect("oom count") >= 1);
     cg.destroy().expect("destroy");
+    // Removing the cgroup wakes the notifier up with "gone".
+    assert_eq!(notifier.wait().expect("wait after destroy"), None);
 }
 
 #[test]
