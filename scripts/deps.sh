@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything nestbox's demo, tests and benchmarks use on a fresh Debian 12 machine (as root).
+# Idempotent: packages already present are skipped quickly.
+set -euo pipefail
+
+PKGS=(
+  # build
+  pkg-config libseccomp-dev gcc
+  # the test image and tools the tests drive
+  busybox-static iproute2 util-linux procps psmisc jq file kmod
+  nftables iptables iputils-ping
+  # real peers
+  runc crun containerd podman containernetworking-plugins
+  # benchmarks
+  hyperfine time iperf3
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Rust toolchain comes from rustup on these machines; make sure cargo is on PATH.
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null || { echo "deps: cargo not found (install Rust with rustup)" >&2; exit 1; }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine (as root) and run nestbox's whole test suite:
+# formatting and lints, unit tests, and the end-to-end tests against the real peers
+# (runc, crun, containerd, podman, the reference CNI plugins).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+bash scripts/deps.sh
+
+echo "== build (release)"
+cargo build --release --workspace
+
+echo "== fmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+echo "== tests"
+export NESTBOX_BIN_DIR="$PWD/target/release"
+export RUST_BACKTRACE=1
+# Two threads: the machine has two cores and the end-to-end tests start real containers.
+cargo test --release --workspace -- --test-threads=2
