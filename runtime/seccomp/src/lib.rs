@@ -15,6 +15,11 @@ use oci_spec::runtime::{
 
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
+    #[error("seccomp: sending the notify fd to listenerPath {path}: {source}")]
+    Listener {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("seccomp: creating the filter (defaultAction {action}): {source}")]
     Init {
         action: String,
@@ -300,6 +305,46 @@ impl Filter {
             .map_err(|e| Error::Notify(e.to_string()))?;
         Ok(Some(owned))
     }
+}
+
+/// Send the notify fd to the seccomp agent at `listener_path` (linux.seccomp.listenerPath):
+/// one message whose payload is the runtime-spec "containerProcessState" JSON
+/// (`{"ociVersion", "fds": ["seccompFd"], "pid", "metadata", "state"}`) and whose SCM_RIGHTS
+/// carries the fd. `state` is the container's state JSON as `nestbox state` prints it.
+pub fn send_to_listener(
+    listener_path: &std::path::Path,
+    notify_fd: BorrowedFd<'_>,
+    pid: i32,
+    metadata: Option<&str>,
+    state: &serde_json::Value,
+) -> Result<(), Error> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let err = |source: std::io::Error| Error::Listener {
+        path: listener_path.to_owned(),
+        source,
+    };
+    let message = serde_json::json!({
+        "ociVersion": state.get("ociVersion").cloned().unwrap_or_else(|| "1.0.2".into()),
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": metadata.unwrap_or(""),
+        "state": state,
+    });
+    let payload = serde_json::to_vec(&message).map_err(|e| err(e.into()))?;
+    let stream = std::os::unix::net::UnixStream::connect(listener_path).map_err(err)?;
+    let fds = [notify_fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&payload)];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let sent = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        .map_err(|e| err(e.into()))?;
+    if sent != payload.len() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short write: {sent} of {} bytes", payload.len()),
+        )));
+    }
+    Ok(())
 }
 
 fn memfd(name: &str) -> Result<std::fs::File, Error> {
