@@ -45,7 +45,9 @@ echo "== bundles"
 # The test image: busybox-static, one binary plus its applet links.
 mkdir -p "$WORK/app/rootfs"/{bin,proc,sys,dev,tmp,etc,root}
 cp /bin/busybox "$WORK/app/rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do ln -sf busybox "$WORK/app/rootfs/bin/$a"; done
+for a in $(/bin/busybox --list); do
+  [ "$a" = busybox ] || ln -sf busybox "$WORK/app/rootfs/bin/$a"
+done
 echo "root:x:0:0:root:/root:/bin/sh" >"$WORK/app/rootfs/etc/passwd"
 echo "root:x:0:" >"$WORK/app/rootfs/etc/group"
 # The sandbox: only the static pause binary.
@@ -53,7 +55,7 @@ mkdir -p "$WORK/pause/rootfs"/{proc,sys,dev}
 cp "$BIN/nestbox-pause" "$WORK/pause/rootfs/pause"
 
 (cd "$WORK/pause" && "$BIN/nestbox" spec)
-jq '.process.args = ["/pause"] | .hostname = "demo-pod"
+jq '.process.args = ["/pause"] | .process.terminal = false | .hostname = "demo-pod"
     | .linux.cgroupsPath = "/nestbox-demo/'"$POD_ID"'"' \
   "$WORK/pause/config.json" >"$WORK/pause/config.tmp" && mv "$WORK/pause/config.tmp" "$WORK/pause/config.json"
 
@@ -81,14 +83,17 @@ cat >"$WORK/net.conf" <<EOF
 }
 EOF
 ip netns exec "$NODE" env CNI_COMMAND=ADD CNI_CONTAINERID="$POD_ID" CNI_NETNS="/proc/$PAUSE_PID/ns/net" \
-  CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$CNI_BIN/nestbox-bridge" <"$WORK/net.conf" | tee "$WORK/result.json"
+  CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$CNI_BIN/nestbox-bridge" <"$WORK/net.conf" >"$WORK/result.json"
+jq . "$WORK/result.json"
 POD_IP=$(jq -r '.ips[0].address' "$WORK/result.json")
 GW=$(jq -r '.ips[0].gateway' "$WORK/result.json")
 
 echo "== app container joins the pod's net, ipc and uts namespaces by path"
 (cd "$WORK/app" && "$BIN/nestbox" spec)
 jq --arg pid "$PAUSE_PID" --arg gw "$GW" --arg id "$APP_ID" '
-    .process.args = ["sh", "-c", "echo app netns: $(readlink /proc/self/ns/net); echo hostname: $(hostname); ip -4 addr show eth0; ping -c 2 -W 2 " + $gw]
+    .process.terminal = false
+  | .process.args = ["sh", "-c", "echo app netns: $(readlink /proc/self/ns/net); echo hostname: $(hostname); ip -4 addr show eth0; ping -c 2 -W 2 " + $gw]
+  | .process.capabilities |= with_entries(.value += ["CAP_NET_RAW"])
   | del(.hostname)
   | .linux.cgroupsPath = "/nestbox-demo/" + $id
   | .linux.namespaces = [
@@ -101,7 +106,7 @@ jq --arg pid "$PAUSE_PID" --arg gw "$GW" --arg id "$APP_ID" '
 
 echo "== result"
 echo "pause netns: $(readlink /proc/$PAUSE_PID/ns/net)"
-if grep -q "app netns: $(readlink /proc/$PAUSE_PID/ns/net)" "$WORK/app.out"; then
+if grep -qF "app netns: $(readlink /proc/$PAUSE_PID/ns/net)" "$WORK/app.out"; then
   echo "OK: the app container shares the pod's network namespace; pod IP $POD_IP reaches gateway $GW"
 else
   echo "FAIL: the app container is not in the pod's network namespace" >&2
