@@ -2,6 +2,8 @@
 //! every action (with per-rule errnoRet), argument comparisons, several architectures, filter
 //! flags and SCMP_ACT_NOTIFY listeners. Behaviour follows runc's libcontainer/seccomp.
 
+mod enosys;
+
 use std::io::{Read, Seek};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -47,6 +49,8 @@ pub enum Error {
     Load {
         source: libseccomp::error::SeccompError,
     },
+    #[error("seccomp: loading the filter (seccomp(2)): {0}")]
+    LoadRaw(std::io::Error),
     #[error("seccomp: getting the notify listener fd: {0}")]
     Notify(String),
     #[error("seccomp: exporting the filter: {0}")]
@@ -58,6 +62,11 @@ pub struct Filter {
     ctx: ScmpFilterContext,
     notify: bool,
     skipped: Vec<String>,
+    /// runc's ENOSYS stub for syscalls newer than the profile (None: default is permissive
+    /// or already ENOSYS).
+    enosys: Option<Vec<enosys::SockFilter>>,
+    /// SECCOMP_FILTER_FLAG_* for seccomp(2) when we load the program ourselves.
+    flags: libc::c_ulong,
 }
 
 impl std::fmt::Debug for Filter {
@@ -65,6 +74,7 @@ impl std::fmt::Debug for Filter {
         f.debug_struct("Filter")
             .field("notify", &self.notify)
             .field("skipped", &self.skipped)
+            .field("enosys_stub", &self.enosys.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -173,18 +183,29 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, Error> {
         }
     }
 
+    let mut flags: libc::c_ulong = 0;
     for flag in profile.flags().iter().flatten() {
         let name = flag.to_string();
         let result = match flag {
-            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => ctx.set_ctl_tsync(true),
-            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => ctx.set_ctl_ssb(true),
-            LinuxSeccompFilterFlag::SeccompFilterFlagLog => ctx.set_ctl_log(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => {
+                flags |= FLAG_TSYNC;
+                ctx.set_ctl_tsync(true)
+            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                flags |= FLAG_SPEC_ALLOW;
+                ctx.set_ctl_ssb(true)
+            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => {
+                flags |= FLAG_LOG;
+                ctx.set_ctl_log(true)
+            }
         };
         result.map_err(|source| Error::Flag { flag: name, source })?;
     }
 
     let mut notify = false;
     let mut skipped = Vec::new();
+    let mut named = Vec::new();
     for rule in profile.syscalls().iter().flatten() {
         let action = to_action(rule.action(), rule.errno_ret());
         if action == default {
@@ -193,7 +214,10 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, Error> {
         }
         for name in rule.names() {
             let syscall = match ScmpSyscall::from_name(name) {
-                Ok(s) => s,
+                Ok(s) => {
+                    named.push(name.clone());
+                    s
+                }
                 Err(_) => {
                     tracing::warn!(syscall = %name, "seccomp: unknown syscall; rule skipped");
                     skipped.push(name.clone());
@@ -229,12 +253,37 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, Error> {
             }
         }
     }
+    // As runc: only when the default is restrictive and not already ENOSYS.
+    let permissive = matches!(
+        default,
+        ScmpAction::Allow | ScmpAction::Log | ScmpAction::Notify
+    );
+    let enosys = if permissive || default == ScmpAction::Errno(libc::ENOSYS) {
+        None
+    } else {
+        enosys::stub(&ctx, &named)
+    };
+    if notify {
+        flags |= FLAG_NEW_LISTENER;
+        if flags & FLAG_TSYNC != 0 {
+            flags |= FLAG_TSYNC_ESRCH;
+        }
+    }
     Ok(Filter {
         ctx,
         notify,
         skipped,
+        enosys,
+        flags,
     })
 }
+
+const FLAG_TSYNC: libc::c_ulong = 1;
+const FLAG_LOG: libc::c_ulong = 2;
+const FLAG_SPEC_ALLOW: libc::c_ulong = 4;
+const FLAG_NEW_LISTENER: libc::c_ulong = 8;
+const FLAG_TSYNC_ESRCH: libc::c_ulong = 16;
+const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 
 fn has_repeated_index(args: &[LinuxSeccompArg]) -> bool {
     let mut seen = [false; 6];
@@ -289,6 +338,14 @@ impl Filter {
     /// before execve, after no_new_privs when the process asks for it. Returns the notify fd
     /// (close-on-exec) when the profile uses SCMP_ACT_NOTIFY.
     pub fn load(self) -> Result<Option<OwnedFd>, Error> {
+        if let Some(stub) = &self.enosys {
+            match self.program_with_stub(stub) {
+                Ok(program) => return self.load_program(&program),
+                Err(e) => {
+                    tracing::warn!(error = %e, "seccomp: ENOSYS stub unavailable; loading without it")
+                }
+            }
+        }
         self.ctx.load().map_err(|source| Error::Load { source })?;
         if !self.notify {
             return Ok(None);
@@ -304,6 +361,63 @@ impl Filter {
             .try_clone_to_owned()
             .map_err(|e| Error::Notify(e.to_string()))?;
         Ok(Some(owned))
+    }
+
+    /// Whether load() puts runc's ENOSYS stub in front of the filter.
+    pub fn has_enosys_stub(&self) -> bool {
+        self.enosys.is_some()
+    }
+
+    fn program_with_stub(
+        &self,
+        stub: &[enosys::SockFilter],
+    ) -> Result<Vec<enosys::SockFilter>, Error> {
+        let mut file = memfd("nestbox-seccomp-bpf")?;
+        self.ctx
+            .export_bpf(file.as_fd())
+            .map_err(|e| Error::Export(e.to_string()))?;
+        file.rewind().map_err(|e| Error::Export(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::Export(e.to_string()))?;
+        let mut program = stub.to_vec();
+        program.extend(enosys::parse_program(&bytes));
+        if program.len() > 4096 {
+            return Err(Error::Export(format!(
+                "{} instructions exceed the kernel's 4096",
+                program.len()
+            )));
+        }
+        Ok(program)
+    }
+
+    fn load_program(&self, program: &[enosys::SockFilter]) -> Result<Option<OwnedFd>, Error> {
+        #[repr(C)]
+        struct SockFprog {
+            len: libc::c_ushort,
+            filter: *const enosys::SockFilter,
+        }
+        let prog = SockFprog {
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr(),
+        };
+        // SAFETY: prog points at `program`, alive for the call; the kernel copies it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                self.flags,
+                &prog as *const SockFprog,
+            )
+        };
+        if r < 0 {
+            return Err(Error::LoadRaw(std::io::Error::last_os_error()));
+        }
+        if self.flags & FLAG_NEW_LISTENER != 0 {
+            // SAFETY: with NEW_LISTENER seccomp(2) returns a new fd that we own.
+            return Ok(Some(unsafe { OwnedFd::from_raw_fd(r as i32) }));
+        }
+        Ok(None)
     }
 }
 

@@ -203,11 +203,89 @@ fn containerd_default_profile_shape_compiles_and_runs() {
         // SAFETY: reboot with an invalid magic only reaches the filter (or fails with EINVAL).
         let r = unsafe { libc::syscall(libc::SYS_reboot, 0, 0, 0, 0) };
         let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        if r == -1 && errno == libc::EPERM {
+        if r != -1 || errno != libc::EPERM {
+            return 2;
+        }
+        // A syscall number above everything the profile names gets ENOSYS (runc's stub),
+        // so callers fall back instead of failing on EPERM.
+        // SAFETY: an unassigned syscall number; the filter answers before the kernel would.
+        let r = unsafe { libc::syscall(463, 0, 0, 0) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if r == -1 && errno == libc::ENOSYS {
             0
         } else {
-            2
+            3
         }
     });
     assert_eq!(exited(s), 0);
+    assert!(f.has_enosys_stub());
+}
+
+#[test]
+fn notify_through_the_enosys_stub_path() {
+    // The fixture (default ERRNO, so the stub is used and the program is loaded with
+    // seccomp(2) directly) with mkdir turned into a NOTIFY rule.
+    let json = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/default-errno-allowlist.json"
+    ))
+    .expect("fixture");
+    let mut v: serde_json::Value = serde_json::from_str(&json).expect("fixture JSON");
+    let rules = v["syscalls"].as_array_mut().expect("syscalls");
+    let allow = rules[0]["names"].as_array_mut().expect("names");
+    allow.retain(|n| n != "mkdir");
+    rules.push(serde_json::json!({"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}));
+    let s = in_child(&v.to_string(), |fd| {
+        use std::os::fd::AsRawFd;
+        let Some(fd) = fd else { return 110 };
+        // SAFETY: fork in a single-threaded child.
+        match unsafe { libc::fork() } {
+            // SAFETY: _exit.
+            0 => unsafe { libc::_exit(try_mkdir()) },
+            pid if pid > 0 => {
+                let Ok(req) = libseccomp::ScmpNotifReq::receive(fd.as_raw_fd()) else {
+                    return 111;
+                };
+                let resp = libseccomp::ScmpNotifResp::new_error(
+                    req.id,
+                    -libc::EROFS,
+                    libseccomp::ScmpNotifRespFlags::empty(),
+                );
+                if resp.respond(fd.as_raw_fd()).is_err() {
+                    return 112;
+                }
+                match waitpid(Pid::from_raw(pid), None) {
+                    Ok(WaitStatus::Exited(_, code)) => code,
+                    _ => 113,
+                }
+            }
+            _ => 114,
+        }
+    });
+    assert_eq!(exited(s), libc::EROFS);
+}
+
+#[test]
+fn flags_are_passed_to_the_kernel() {
+    let json = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/default-errno-allowlist.json"
+    ))
+    .expect("fixture");
+    let mut v: serde_json::Value = serde_json::from_str(&json).expect("fixture JSON");
+    v["flags"] = serde_json::json!([
+        "SECCOMP_FILTER_FLAG_TSYNC",
+        "SECCOMP_FILTER_FLAG_LOG",
+        "SECCOMP_FILTER_FLAG_SPEC_ALLOW"
+    ]);
+    let s = in_child(&v.to_string(), |_| try_mkdir());
+    assert_eq!(exited(s), 0);
+    // And through libseccomp's own loader (permissive default: no ENOSYS stub).
+    let s = in_child(
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "flags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 5}]}"#,
+        |_| try_mkdir(),
+    );
+    assert_eq!(exited(s), libc::EIO);
 }
