@@ -62,9 +62,10 @@ pub struct Filter {
     ctx: ScmpFilterContext,
     notify: bool,
     skipped: Vec<String>,
-    /// runc's ENOSYS stub for syscalls newer than the profile (None: default is permissive
-    /// or already ENOSYS).
-    enosys: Option<Vec<enosys::SockFilter>>,
+    /// The whole program with runc's ENOSYS stub in front, built at compile time so load()
+    /// is a single syscall (None: default is permissive or already ENOSYS, or the stub could
+    /// not be built; libseccomp then loads its own program).
+    program: Option<Vec<enosys::SockFilter>>,
     /// SECCOMP_FILTER_FLAG_* for seccomp(2) when we load the program ourselves.
     flags: libc::c_ulong,
 }
@@ -74,7 +75,7 @@ impl std::fmt::Debug for Filter {
         f.debug_struct("Filter")
             .field("notify", &self.notify)
             .field("skipped", &self.skipped)
-            .field("enosys_stub", &self.enosys.as_ref().map(Vec::len))
+            .field("program", &self.program.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -269,13 +270,22 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, Error> {
             flags |= FLAG_TSYNC_ESRCH;
         }
     }
-    Ok(Filter {
+    let mut filter = Filter {
         ctx,
         notify,
         skipped,
-        enosys,
+        program: None,
         flags,
-    })
+    };
+    if let Some(stub) = enosys {
+        match filter.program_with_stub(&stub) {
+            Ok(program) => filter.program = Some(program),
+            Err(e) => {
+                tracing::warn!(error = %e, "seccomp: no ENOSYS stub; libseccomp loads the filter")
+            }
+        }
+    }
+    Ok(filter)
 }
 
 const FLAG_TSYNC: libc::c_ulong = 1;
@@ -338,13 +348,8 @@ impl Filter {
     /// before execve, after no_new_privs when the process asks for it. Returns the notify fd
     /// (close-on-exec) when the profile uses SCMP_ACT_NOTIFY.
     pub fn load(self) -> Result<Option<OwnedFd>, Error> {
-        if let Some(stub) = &self.enosys {
-            match self.program_with_stub(stub) {
-                Ok(program) => return self.load_program(&program),
-                Err(e) => {
-                    tracing::warn!(error = %e, "seccomp: ENOSYS stub unavailable; loading without it")
-                }
-            }
+        if let Some(program) = &self.program {
+            return self.load_program(program);
         }
         self.ctx.load().map_err(|source| Error::Load { source })?;
         if !self.notify {
@@ -365,7 +370,7 @@ impl Filter {
 
     /// Whether load() puts runc's ENOSYS stub in front of the filter.
     pub fn has_enosys_stub(&self) -> bool {
-        self.enosys.is_some()
+        self.program.is_some()
     }
 
     fn program_with_stub(
