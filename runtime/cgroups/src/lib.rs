@@ -219,9 +219,20 @@ fn requested_path(
         comps.extend(components(spec, &unit)?);
         return Ok(Requested::Absolute(comps));
     }
+    let named = |p: &str| -> Result<Vec<String>, Error> {
+        let comps = components(p, p)?;
+        if comps.is_empty() {
+            // "/" or "." would be the hierarchy root or the caller's own cgroup.
+            return Err(Error::InvalidPath {
+                path: p.to_owned(),
+                reason: "must name a cgroup below the hierarchy root".to_owned(),
+            });
+        }
+        Ok(comps)
+    };
     match cgroups_path {
-        Some(p) if p.starts_with('/') => Ok(Requested::Absolute(components(p, p)?)),
-        Some(p) if !p.is_empty() => Ok(Requested::Relative(components(p, p)?)),
+        Some(p) if p.starts_with('/') => Ok(Requested::Absolute(named(p)?)),
+        Some(p) if !p.is_empty() => Ok(Requested::Relative(named(p)?)),
         _ => {
             let comps = components(container_id, container_id)?;
             if comps.len() != 1 {
@@ -415,7 +426,8 @@ impl Cgroup {
                 None if v1::cpu_is_empty(cpu) => {}
                 None => return Err(self.missing("cpu", "cpu")),
             }
-            if cpu.cpus().is_some() || cpu.mems().is_some() {
+            let non_empty = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+            if non_empty(cpu.cpus()) || non_empty(cpu.mems()) {
                 match self.hierarchy_of("cpuset") {
                     Some(h) => v1::set_cpuset(&h.dir, cpu)?,
                     None => return Err(self.missing("cpu.cpus", "cpuset")),
