@@ -10,6 +10,8 @@ use crate::{fs, Error, Layout};
 
 const MEMSW_LIMIT: &str = "memory.memsw.limit_in_bytes";
 const MEM_LIMIT: &str = "memory.limit_in_bytes";
+/// v1 reports "no limit" as a huge page-aligned number (PAGE_COUNTER_MAX pages).
+const UNLIMITED_V1: u64 = 1 << 62;
 
 pub(crate) fn memory_is_empty(m: &LinuxMemory) -> bool {
     m.limit().is_none()
@@ -79,6 +81,15 @@ pub(crate) fn set_memory(dir: &Path, m: &LinuxMemory) -> Result<(), Error> {
     } else if limit == Some(-1) && memsw_present {
         // An unlimited memory limit with no swap given means unlimited swap too.
         swap = Some(-1);
+    } else if let (Some(l), true) = (limit.filter(|l| *l > 0), memsw_present) {
+        // An update of the limit alone keeps the swap allowance (memsw - limit) as it was,
+        // instead of failing when the new limit exceeds the old memsw.
+        let cur_limit = fs::read_u64(dir, MEM_LIMIT)?;
+        let cur_memsw = fs::read_u64(dir, MEMSW_LIMIT)?;
+        if cur_memsw < UNLIMITED_V1 && cur_limit < UNLIMITED_V1 {
+            let allowance = cur_memsw.saturating_sub(cur_limit);
+            swap = Some(l.saturating_add(allowance as i64));
+        }
     }
 
     let write_limit = |v: i64| fs::write("memory.limit", dir, MEM_LIMIT, &v.to_string());

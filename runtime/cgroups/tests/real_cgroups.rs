@@ -163,6 +163,16 @@ fn limits_task_freeze_stats_and_destroy() {
         let mem = cg.path("memory").expect("memory");
         assert_eq!(read(mem.join("memory.limit_in_bytes")), "100663296");
         assert_eq!(read(cg.path("cpu").expect("cpu").join("cpu.shares")), "512");
+        if mem.join("memory.memsw.limit_in_bytes").exists() {
+            // The limit alone grows past the old memsw: the 96 MiB swap allowance is kept.
+            cg.apply(&resources(r#"{"memory": {"limit": 268435456}}"#))
+                .expect("update limit alone");
+            assert_eq!(read(mem.join("memory.limit_in_bytes")), "268435456");
+            assert_eq!(read(mem.join("memory.memsw.limit_in_bytes")), "369098752");
+            cg.apply(&resources(r#"{"memory": {"limit": 100663296}}"#))
+                .expect("shrink limit alone");
+            assert_eq!(read(mem.join("memory.memsw.limit_in_bytes")), "201326592");
+        }
     }
 
     // Freeze and thaw.
