@@ -84,6 +84,29 @@ pub enum Error {
     },
 }
 
+/// What the cgroup side of the runtime supports, for `nestbox features` (runtime-spec
+/// features.json "linux.cgroup"): both versions (and hybrid hosts), no systemd driver (the
+/// "slice:prefix:name" form is mapped to a cgroupfs path), rdma limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Features {
+    pub v1: bool,
+    pub v2: bool,
+    pub systemd: bool,
+    pub systemd_user: bool,
+    pub rdma: bool,
+}
+
+pub fn features() -> Features {
+    Features {
+        v1: true,
+        v2: true,
+        systemd: false,
+        systemd_user: false,
+        rdma: true,
+    }
+}
+
 /// The cgroup layout of this host, from /proc/self/mountinfo (never assumed).
 pub fn detect() -> Result<Layout, Error> {
     let text = read_proc("/proc/self/mountinfo")?;
@@ -504,6 +527,24 @@ impl Cgroup {
                             &format!("{} {}", p.name(), p.priority()),
                         )?;
                     }
+                }
+            }
+        }
+        if let Some(rdma) = resources.rdma() {
+            if !rdma.is_empty() {
+                let h = self
+                    .hierarchy_of("rdma")
+                    .ok_or_else(|| self.missing("rdma", "rdma"))?;
+                let mut devices: Vec<_> = rdma.iter().collect();
+                devices.sort_by(|a, b| a.0.cmp(b.0));
+                for (device, limit) in devices {
+                    let n = |v: Option<u32>| v.map_or("max".to_owned(), |v| v.to_string());
+                    let value = format!(
+                        "{device} hca_handle={} hca_object={}",
+                        n(limit.hca_handles()),
+                        n(limit.hca_objects())
+                    );
+                    fs::write(&format!("rdma[{device:?}]"), &h.dir, "rdma.max", &value)?;
                 }
             }
         }

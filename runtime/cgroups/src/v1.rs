@@ -194,6 +194,18 @@ pub(crate) fn set_cpu(dir: &Path, c: &LinuxCpu) -> Result<(), Error> {
     if let Some(i) = c.idle() {
         fs::write("cpu.idle", dir, "cpu.idle", &i.to_string())?;
     }
+    let rt =
+        c.realtime_period().is_some_and(|v| v != 0) || c.realtime_runtime().is_some_and(|v| v != 0);
+    if rt && !fs::exists(dir, "cpu.rt_runtime_us") {
+        return Err(Error::Unsupported {
+            field: "cpu.realtimeRuntime".to_owned(),
+            layout: Layout::V1,
+            reason: format!(
+                "{} does not exist (kernel without CONFIG_RT_GROUP_SCHED)",
+                dir.join("cpu.rt_runtime_us").display()
+            ),
+        });
+    }
     if let Some(p) = c.realtime_period().filter(|v| *v != 0) {
         fs::write(
             "cpu.realtimePeriod",

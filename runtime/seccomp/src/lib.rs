@@ -526,12 +526,41 @@ pub fn supported_archs() -> Vec<&'static str> {
     ]
 }
 
-pub fn supported_flags() -> Vec<&'static str> {
+/// The filter flags nestbox understands (features.json "knownFlags").
+pub fn known_flags() -> Vec<&'static str> {
     vec![
         "SECCOMP_FILTER_FLAG_LOG",
         "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
         "SECCOMP_FILTER_FLAG_TSYNC",
     ]
+}
+
+/// The known flags this kernel accepts (features.json "supportedFlags"), probed as runc
+/// does: seccomp(SECCOMP_SET_MODE_FILTER, flag, NULL) fails with EFAULT when the flag is
+/// understood and EINVAL when it is not. Nothing is installed.
+pub fn supported_flags() -> Vec<&'static str> {
+    let probe = |flag: libc::c_ulong| {
+        // SAFETY: a NULL filter is never installed; the kernel only validates the flags and
+        // then fails to copy the program.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                flag,
+                std::ptr::null::<libc::c_void>(),
+            )
+        };
+        r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT)
+    };
+    [
+        ("SECCOMP_FILTER_FLAG_LOG", FLAG_LOG),
+        ("SECCOMP_FILTER_FLAG_SPEC_ALLOW", FLAG_SPEC_ALLOW),
+        ("SECCOMP_FILTER_FLAG_TSYNC", FLAG_TSYNC),
+    ]
+    .into_iter()
+    .filter(|(_, f)| probe(*f))
+    .map(|(name, _)| name)
+    .collect()
 }
 
 #[cfg(test)]

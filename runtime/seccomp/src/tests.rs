@@ -177,6 +177,7 @@ fn feature_lists_are_sorted_and_complete() {
         supported_actions(),
         supported_operators(),
         supported_archs(),
+        known_flags(),
         supported_flags(),
     ] {
         let mut sorted = list.clone();
@@ -185,4 +186,6 @@ fn feature_lists_are_sorted_and_complete() {
     }
     assert_eq!(supported_actions().len(), 9);
     assert_eq!(supported_operators().len(), 7);
+    // Every flag nestbox knows is old enough for the kernels we run on (4.17+).
+    assert_eq!(supported_flags(), known_flags());
 }
