@@ -286,15 +286,15 @@ fn bad_values_name_field_and_file() {
             .expect_err("swappiness 200 must fail");
     assert!(err.to_string().contains("memory.swappiness"), "{err}");
     if g.cg.path("rdma").is_none() {
-        let err = g
-            .cg
-            .apply(&resources(r#"{"rdma": {"mlx4_0": {"hcaHandles": 2}}}"#))
-            .expect_err("no rdma controller here");
+        let err =
+            g.cg.apply(&resources(r#"{"rdma": {"mlx4_0": {"hcaHandles": 2}}}"#))
+                .expect_err("no rdma controller here");
         assert!(err.to_string().contains("rdma"), "{err}");
     }
-    let err = g
-        .cg
-        .apply(&resources(r#"{"hugepageLimits": [{"pageSize": "3MB", "limit": 1}]}"#))
+    let err =
+        g.cg.apply(&resources(
+            r#"{"hugepageLimits": [{"pageSize": "3MB", "limit": 1}]}"#,
+        ))
         .expect_err("3MB pages do not exist");
     assert!(err.to_string().contains("hugepageLimits.pageSize"), "{err}");
 }
