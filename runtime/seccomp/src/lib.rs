@@ -209,16 +209,21 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, Error> {
     let mut named = Vec::new();
     for rule in profile.syscalls().iter().flatten() {
         let action = to_action(rule.action(), rule.errno_ret());
+        // Every name the profile mentions counts for the ENOSYS stub's "newest known
+        // syscall", whatever its action (as runc).
+        named.extend(
+            rule.names()
+                .iter()
+                .filter(|n| ScmpSyscall::from_name(n).is_ok())
+                .cloned(),
+        );
         if action == default {
             tracing::debug!(names = ?rule.names(), "seccomp: rule has the default action; skipped");
             continue;
         }
         for name in rule.names() {
             let syscall = match ScmpSyscall::from_name(name) {
-                Ok(s) => {
-                    named.push(name.clone());
-                    s
-                }
+                Ok(s) => s,
                 Err(_) => {
                     tracing::warn!(syscall = %name, "seccomp: unknown syscall; rule skipped");
                     skipped.push(name.clone());

@@ -189,3 +189,22 @@ fn feature_lists_are_sorted_and_complete() {
     // Every flag nestbox knows is old enough for the kernels we run on (4.17+).
     assert_eq!(supported_flags(), known_flags());
 }
+
+#[test]
+fn enosys_stub_only_for_restrictive_defaults() {
+    let strict = compiled(
+        r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}"#,
+    );
+    assert!(strict.has_enosys_stub());
+    let permissive = compiled(
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    );
+    assert!(!permissive.has_enosys_stub());
+    let already = compiled(
+        r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38, "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}"#,
+    );
+    assert!(!already.has_enosys_stub());
+}
