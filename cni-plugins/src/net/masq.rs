@@ -1,7 +1,7 @@
 //! Masquerade for a pod's addresses: traffic from the pod to anything outside its own
 //! subnet (and not multicast) leaves with the node's address.
 //!
-//! nftables (default when `nft` is on PATH): table `inet cni_plugins_masquerade`, one
+//! nftables (default when `nft` is on PATH; spoken over netlink, no `nft` exec): table `inet cni_plugins_masquerade`, one
 //! base chain `postrouting` (nat, srcnat), one self-contained rule per pod address
 //! tagged with a comment derived from (network, container, ifname) so DEL and GC find
 //! them without knowing the address.
@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use ipnetwork::IpNetwork;
 use sha2::{Digest, Sha256, Sha512};
 
+use super::nft::transact_detached;
 use crate::cni::{Error, Result};
 
 pub const NFT_TABLE: &str = "cni_plugins_masquerade";
@@ -113,23 +114,8 @@ pub fn setup(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<()>
     match backend {
         Backend::Nftables => {
             let comment = owner.nft_comment();
-            let mut script = format!(
-                "add table inet {NFT_TABLE}\nadd chain inet {NFT_TABLE} {NFT_CHAIN} {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
-            );
-            for a in addrs {
-                let (fam, mcast) = if a.is_ipv4() {
-                    ("ip", "224.0.0.0/4")
-                } else {
-                    ("ip6", "ff00::/8")
-                };
-                let net = IpNetwork::new(a.network(), a.prefix())
-                    .map_err(|e| Error::internal(e.to_string()))?;
-                script.push_str(&format!(
-                    "add rule inet {NFT_TABLE} {NFT_CHAIN} {fam} saddr {} {fam} daddr != {net} {fam} daddr != {mcast} masquerade comment \"{comment}\"\n",
-                    a.ip()
-                ));
-            }
-            run("nft", &["-f", "-"], Some(&script)).map(|_| ())
+            transact_detached(|nft| nft.add_masquerade(NFT_TABLE, NFT_CHAIN, addrs, &comment))
+                .map_err(|e| Error::internal(format!("nftables masquerade: {e}")))
         }
         Backend::Iptables => {
             let chain = owner.iptables_chain();
@@ -204,50 +190,18 @@ pub fn setup(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<()>
     }
 }
 
-/// Handles of nft rules in our chain whose comment satisfies `pred`.
-fn nft_handles(pred: impl Fn(&str) -> bool) -> Result<Vec<String>> {
-    let listing = match run(
-        "nft",
-        &["-a", "list", "chain", "inet", NFT_TABLE, NFT_CHAIN],
-        None,
-    ) {
-        Ok(l) => l,
-        // No table or chain: nothing of ours exists.
-        Err(e) if e.msg.contains("No such file") => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(listing
-        .lines()
-        .filter_map(|line| {
-            let c = line.split("comment \"").nth(1)?.split('"').next()?;
-            let h = line.rsplit("# handle ").next()?.trim();
-            pred(c).then(|| h.to_string())
-        })
-        .collect())
-}
-
-fn nft_delete(handles: &[String]) -> Result<()> {
-    if handles.is_empty() {
-        return Ok(());
-    }
-    let script: String = handles
-        .iter()
-        .map(|h| format!("delete rule inet {NFT_TABLE} {NFT_CHAIN} handle {h}\n"))
-        .collect();
-    match run("nft", &["-f", "-"], Some(&script)) {
-        Ok(_) => Ok(()),
-        // A concurrent DEL removed one first: delete the rest one at a time.
-        Err(_) => {
-            for h in handles {
-                let _ = run(
-                    "nft",
-                    &["delete", "rule", "inet", NFT_TABLE, NFT_CHAIN, "handle", h],
-                    None,
-                );
-            }
-            Ok(())
-        }
-    }
+/// Delete the rules of our chain whose comment satisfies `pred`.
+fn nft_delete_where(pred: impl Fn(&str) -> bool) -> Result<()> {
+    transact_detached(|nft| {
+        let handles: Vec<u64> = nft
+            .rules(NFT_TABLE, NFT_CHAIN)?
+            .into_iter()
+            .filter(|r| pred(&r.comment))
+            .map(|r| r.handle)
+            .collect();
+        nft.delete_rules(NFT_TABLE, NFT_CHAIN, &handles)
+    })
+    .map_err(|e| Error::internal(format!("nftables: {e}")))
 }
 
 /// Remove `owner`'s masquerade rules (idempotent; needs no addresses).
@@ -255,7 +209,7 @@ pub fn teardown(backend: Backend, owner: &Owner) -> Result<()> {
     match backend {
         Backend::Nftables => {
             let comment = owner.nft_comment();
-            nft_delete(&nft_handles(|c| c == comment)?)
+            nft_delete_where(|c| c == comment)
         }
         Backend::Iptables => {
             let chain = owner.iptables_chain();
@@ -285,7 +239,7 @@ pub fn teardown(backend: Backend, owner: &Owner) -> Result<()> {
 
 /// Remove masquerade rules of `network` whose attachment is not in `valid` (nftables).
 pub fn gc(backend: Backend, network: &str, valid: &[(String, String)]) -> Result<()> {
-    if backend != Backend::Nftables || !which("nft") {
+    if backend != Backend::Nftables {
         return Ok(());
     }
     let keep: Vec<String> = valid
@@ -300,9 +254,7 @@ pub fn gc(backend: Backend, network: &str, valid: &[(String, String)]) -> Result
         })
         .collect();
     let prefix = format!("cni:{}:", Owner::network_tag(network));
-    nft_delete(&nft_handles(|c| {
-        c.starts_with(&prefix) && !keep.iter().any(|k| k == c)
-    })?)
+    nft_delete_where(|c| c.starts_with(&prefix) && !keep.iter().any(|k| k == c))
 }
 
 fn split_quoted(s: &str) -> Vec<String> {

@@ -39,12 +39,8 @@ impl NetNs {
     /// Run `f` with the calling thread inside this netns, then return to where it was.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
         let home = NetNs::current()?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::Other,
-                format!("failed to enter netns {}: {e}", self.path),
-            )
-        })?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::other(format!("failed to enter netns {}: {e}", self.path)))?;
         let out = f();
         if let Err(e) = setns(home.file.as_fd(), CloneFlags::CLONE_NEWNET) {
             // Continuing in the wrong netns would touch the container's network as if it

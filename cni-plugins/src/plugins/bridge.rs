@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::cni::skel::{CmdArgs, Command, Plugin};
 use crate::cni::{CniResult, Code, Error, Interface, Result, Route};
+use crate::net::detach;
 use crate::net::masq::{self, Backend, Owner};
 use crate::net::netlink::{self, Link, Netlink};
 use crate::net::netns::NetNs;
@@ -618,6 +619,27 @@ impl Bridge {
     }
 }
 
+/// Delete the pod's veth (both ends go). The kernel answers only after the device's
+/// teardown (RCU grace periods, ~10 ms), but the name and the link are gone from the
+/// netns at the start of it: a detached child waits for the answer while we return as
+/// soon as the link has disappeared (or the child reports an error).
+fn delete_container_link(ns: &NetNs, cnl: &mut Netlink, index: u32, ifname: &str) -> Result<()> {
+    let child = detach::spawn(
+        || match ns.netlink()?.delete_link(index) {
+            Err(e) if netlink::is_not_found(&e) => Ok(()),
+            other => other,
+        },
+        || {},
+    )
+    .map_err(nl_err("fork"))?;
+    child
+        .wait_until(
+            || matches!(cnl.link_by_name(ifname), Ok(None)),
+            std::time::Duration::from_secs(10),
+        )
+        .map_err(|e| Error::internal(format!("failed to delete {ifname:?}: {e}")))
+}
+
 impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let n = load(args)?;
@@ -655,16 +677,7 @@ impl Plugin for Bridge {
                 Ok(ns) => {
                     let mut cnl = ns.netlink().map_err(nl_err("netlink in netns"))?;
                     if let Some(l) = cnl.link_by_name(&args.ifname).map_err(nl_err("lookup"))? {
-                        match cnl.delete_link(l.index) {
-                            Ok(()) => {}
-                            Err(e) if netlink::is_not_found(&e) => {}
-                            Err(e) => {
-                                return Err(Error::internal(format!(
-                                    "failed to delete {:?}: {e}",
-                                    args.ifname
-                                )))
-                            }
-                        }
+                        delete_container_link(&ns, &mut cnl, l.index, &args.ifname)?;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
