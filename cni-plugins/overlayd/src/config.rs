@@ -36,7 +36,11 @@ pub struct BackendConfig {
     pub vni: Option<u32>,
     #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    #[serde(rename = "DirectRouting", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "DirectRouting",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub direct_routing: Option<bool>,
 }
 
@@ -66,14 +70,13 @@ impl NetworkConfig {
         let step: u64 = 1u64 << (32 - self.subnet_len as u32);
         let first = u32::from(self.network.network()) as u64;
         let last = u32::from(self.network.broadcast()) as u64;
-        let min = self
-            .subnet_min
-            .map(|a| u32::from(a) as u64)
-            .unwrap_or(if self.subnet_len > self.network.prefix() {
+        let min = self.subnet_min.map(|a| u32::from(a) as u64).unwrap_or(
+            if self.subnet_len > self.network.prefix() {
                 first + step
             } else {
                 first
-            });
+            },
+        );
         let max = self
             .subnet_max
             .map(|a| u32::from(a) as u64)
@@ -99,7 +102,11 @@ pub struct LeaseAttrs {
     pub public_ip: Ipv4Addr,
     #[serde(rename = "BackendType", default)]
     pub backend_type: String,
-    #[serde(rename = "BackendData", default, skip_serializing_if = "Value::is_null")]
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Value::is_null"
+    )]
     pub backend_data: Value,
 }
 
@@ -159,7 +166,11 @@ mod tests {
             br#"{"Network":"10.250.0.0/22","SubnetMin":"10.250.1.0","SubnetMax":"10.250.2.0"}"#,
         )
         .unwrap();
-        let s: Vec<String> = c.candidate_subnets().iter().map(|n| n.to_string()).collect();
+        let s: Vec<String> = c
+            .candidate_subnets()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         assert_eq!(s, ["10.250.1.0/24", "10.250.2.0/24"]);
     }
 
@@ -177,7 +188,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.backend_type, "vxlan");
-        let l = Lease { subnet: "10.244.1.0/24".parse().unwrap(), attrs: a, revision: 0 };
+        let l = Lease {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            attrs: a,
+            revision: 0,
+        };
         assert_eq!(l.vxlan_data().unwrap().vtep_mac, "ce:aa:bb:cc:dd:ee");
     }
 }

@@ -88,11 +88,21 @@ pub fn choose(c: &Choice) -> Result<Underlay, Error> {
                 continue;
             }
             if rx.is_match(&l.name) {
-                return finish(&mut nl, l, None, format!("--iface-regex {re:?} matched the name"));
+                return finish(
+                    &mut nl,
+                    l,
+                    None,
+                    format!("--iface-regex {re:?} matched the name"),
+                );
             }
             for ip in v4_addrs(&mut nl, l)? {
                 if rx.is_match(&ip.to_string()) {
-                    return finish(&mut nl, l, Some(ip), format!("--iface-regex {re:?} matched {ip}"));
+                    return finish(
+                        &mut nl,
+                        l,
+                        Some(ip),
+                        format!("--iface-regex {re:?} matched {ip}"),
+                    );
                 }
             }
         }

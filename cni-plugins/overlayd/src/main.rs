@@ -1,1 +1,220 @@
-fn main(){}
+//! `nestbox-overlayd`: the overlay agent's CLI. Also the overlay CNI plugin when called
+//! as `nestbox-vxlan` / `nestbox-host-gw` (argv[0]).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use nestbox_overlayd::agent::{Agent, Options};
+use nestbox_overlayd::backend::{hostgw::HostGw, vxlan::Vxlan, Backend};
+use nestbox_overlayd::iface::{self, Choice};
+use nestbox_overlayd::subnet::etcd::EtcdSubnetManager;
+use nestbox_overlayd::subnet_env::SubnetEnv;
+use nestbox_overlayd::{cni_plugin, masq};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    Vxlan,
+    #[value(name = "host-gw")]
+    HostGw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SubnetMgr {
+    Etcd,
+    Kube,
+}
+
+/// Flannel-compatible overlay agent: leases this node's pod subnet and programs the
+/// routes to every other node's subnet (VXLAN or host-gw).
+#[derive(Debug, Parser)]
+#[command(name = "nestbox-overlayd", version)]
+struct Cli {
+    /// Backend (default: the network config's Backend.Type, else vxlan).
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+    /// VXLAN network identifier (device flannel.<VNI>).
+    #[arg(long)]
+    vni: Option<u32>,
+    /// VXLAN UDP port (kernel default 8472; 4789 is IANA's).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Underlay interface, by name or address (repeatable: first that exists wins).
+    #[arg(long)]
+    iface: Vec<String>,
+    /// Regex matched against interface names and addresses.
+    #[arg(long = "iface-regex")]
+    iface_regex: Vec<String>,
+    /// The address peers reach this node at (default: the interface's address).
+    #[arg(long = "public-ip")]
+    public_ip: Option<Ipv4Addr>,
+    #[arg(long = "subnet-mgr", value_enum, default_value = "etcd")]
+    subnet_mgr: SubnetMgr,
+    /// Comma-separated etcd endpoints.
+    #[arg(
+        long = "etcd-endpoints",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    etcd_endpoints: Vec<String>,
+    #[arg(long = "etcd-prefix", default_value = "/coreos.com/network")]
+    etcd_prefix: String,
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long = "node-name")]
+    node_name: Option<String>,
+    /// flannel's net-conf.json (kube mode; with etcd, written to <prefix>/config when absent).
+    #[arg(long = "net-conf")]
+    net_conf: Option<PathBuf>,
+    #[arg(long = "subnet-file", default_value = cni_plugin::DEFAULT_SUBNET_FILE)]
+    subnet_file: PathBuf,
+    /// TTL of our subnet lease in seconds (renewed at a third of it).
+    #[arg(long = "subnet-lease-ttl", default_value_t = 86400)]
+    subnet_lease_ttl: u64,
+    /// Install masquerade rules for traffic leaving the cluster network.
+    #[arg(long = "ip-masq")]
+    ip_masq: bool,
+    /// VXLAN: route directly (host-gw style) to peers on a directly connected network.
+    #[arg(long = "direct-routing")]
+    direct_routing: bool,
+    /// Enter this network namespace first (before any thread starts).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Seconds between full reconciles.
+    #[arg(long = "reconcile-interval", default_value_t = 3)]
+    reconcile_interval: u64,
+    /// Remove the device, routes, masquerade rules and subnet.env, then exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+fn enter_netns(path: &PathBuf) -> Result<()> {
+    let f =
+        std::fs::File::open(path).with_context(|| format!("opening netns {}", path.display()))?;
+    // Only the calling thread moves: this runs before any other thread exists, so every
+    // thread the agent starts later is born in the target namespace.
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering netns {}", path.display()))?;
+    Ok(())
+}
+
+fn main() {
+    let arg0 = std::env::args().next().unwrap_or_default();
+    let base = std::path::Path::new(&arg0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    if matches!(base.as_str(), "nestbox-vxlan" | "nestbox-host-gw") {
+        std::process::exit(nestbox_cni::cni::skel::run(&cni_plugin::OverlayPlugin));
+    }
+    let cli = Cli::parse();
+    if let Some(ns) = &cli.netns {
+        if let Err(e) = enter_netns(ns) {
+            eprintln!("nestbox-overlayd: {e:#}");
+            std::process::exit(1);
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.subnet_mgr == SubnetMgr::Kube {
+        bail!("--subnet-mgr kube is not implemented yet (use etcd)");
+    }
+    let underlay = iface::choose(&Choice {
+        iface: cli.iface.clone(),
+        iface_regex: cli.iface_regex.clone(),
+        public_ip: cli.public_ip,
+    })?;
+    tracing::info!(iface = %underlay.name, ip = %underlay.ip, public_ip = %underlay.public_ip,
+        mtu = underlay.mtu, reason = %underlay.reason, "underlay interface chosen");
+
+    let ttl = Duration::from_secs(cli.subnet_lease_ttl.max(1));
+    let mut sm = EtcdSubnetManager::new(&cli.etcd_endpoints, &cli.etcd_prefix, ttl);
+    use nestbox_overlayd::subnet::SubnetManager;
+    if let Some(path) = &cli.net_conf {
+        if sm.network_config().is_err() {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let c = nestbox_overlayd::config::NetworkConfig::parse(&bytes)?;
+            sm.put_config(&c)?;
+            tracing::info!(path = %path.display(), "network config stored in etcd");
+        }
+    }
+    // Backend settings: flags win over the network config.
+    let conf_backend = if cli.backend.is_none() || cli.vni.is_none() || cli.port.is_none() {
+        sm.network_config().ok().map(|c| c.backend)
+    } else {
+        None
+    };
+    let kind = cli.backend.unwrap_or_else(|| {
+        match conf_backend.as_ref().and_then(|b| b.kind.as_deref()) {
+            Some("host-gw") => BackendKind::HostGw,
+            _ => BackendKind::Vxlan,
+        }
+    });
+    let vni = cli
+        .vni
+        .or(conf_backend.as_ref().and_then(|b| b.vni))
+        .unwrap_or(1);
+    let port = cli
+        .port
+        .or(conf_backend.as_ref().and_then(|b| b.port))
+        .unwrap_or(8472);
+    let direct = cli.direct_routing
+        || conf_backend
+            .as_ref()
+            .and_then(|b| b.direct_routing)
+            .unwrap_or(false);
+    let mut backend: Box<dyn Backend> = match kind {
+        BackendKind::Vxlan => Box::new(Vxlan::new(underlay.clone(), vni, port, direct)?),
+        BackendKind::HostGw => Box::new(HostGw::new(underlay.clone())?),
+    };
+
+    if cli.cleanup {
+        let network = SubnetEnv::read(&cli.subnet_file)
+            .ok()
+            .flatten()
+            .map(|e| e.network)
+            .or_else(|| sm.network_config().ok().map(|c| c.network));
+        backend.cleanup(network)?;
+        masq::remove(masq::MasqBackend::detect());
+        let _ = std::fs::remove_file(&cli.subnet_file);
+        tracing::info!("cleaned up");
+        return Ok(());
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handler")?;
+    }
+    let mut agent = Agent {
+        sm: Box::new(sm),
+        backend,
+        underlay,
+        opts: Options {
+            subnet_file: cli.subnet_file,
+            ip_masq: cli.ip_masq,
+            poll_interval: Duration::from_secs(1),
+            reconcile_interval: Duration::from_secs(cli.reconcile_interval.max(1)),
+            renew_interval: (ttl / 3).max(Duration::from_secs(1)),
+        },
+    };
+    agent.run(&stop)?;
+    Ok(())
+}

@@ -59,7 +59,10 @@ impl SubnetEnv {
             network: kv.get("FLANNEL_NETWORK")?.parse().ok()?,
             subnet: kv.get("FLANNEL_SUBNET")?.parse().ok()?,
             mtu: kv.get("FLANNEL_MTU")?.parse().ok()?,
-            ipmasq: kv.get("FLANNEL_IPMASQ").map(|v| *v == "true").unwrap_or(false),
+            ipmasq: kv
+                .get("FLANNEL_IPMASQ")
+                .map(|v| *v == "true")
+                .unwrap_or(false),
         })
     }
 

@@ -77,7 +77,11 @@ impl EtcdSubnetManager {
     fn post(&self, path: &str, body: &Value) -> Result<Value, Error> {
         let mut last = String::from("no etcd endpoints given");
         for ep in &self.endpoints {
-            match self.agent.post(&format!("{ep}{path}")).send_json(body.clone()) {
+            match self
+                .agent
+                .post(&format!("{ep}{path}"))
+                .send_json(body.clone())
+            {
                 Ok(resp) => {
                     return resp
                         .into_json::<Value>()
@@ -117,7 +121,9 @@ impl EtcdSubnetManager {
                 "success": [{"request_put": {"key": b64(key), "value": b64(value), "lease": lease}}],
             }),
         )?;
-        Ok(r.get("succeeded").and_then(|v| v.as_bool()).unwrap_or(false))
+        Ok(r.get("succeeded")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false))
     }
 
     /// Write the network config (tests and first-time setup).
@@ -151,7 +157,12 @@ impl SubnetManager for EtcdSubnetManager {
             &json!({"key": b64(&p), "range_end": B64.encode(prefix_end(&p))}),
         )?;
         let mut out = Vec::new();
-        for kv in r.get("kvs").and_then(|k| k.as_array()).into_iter().flatten() {
+        for kv in r
+            .get("kvs")
+            .and_then(|k| k.as_array())
+            .into_iter()
+            .flatten()
+        {
             let key = kv.get("key").and_then(unb64).unwrap_or_default();
             let key = String::from_utf8_lossy(&key);
             let Some(subnet) = key.strip_prefix(&p).and_then(parse_subnet_key) else {
@@ -179,7 +190,8 @@ impl SubnetManager for EtcdSubnetManager {
     ) -> Result<Lease, Error> {
         let value = serde_json::to_string(attrs).map_err(|e| Error::Config(e.to_string()))?;
         let lease_id = self.grant()?;
-        let key_of = |n: &Ipv4Network| format!("{}{}", self.subnets_prefix(), subnet_key(n));
+        let sp = self.subnets_prefix();
+        let key_of = |n: &Ipv4Network| format!("{sp}{}", subnet_key(n));
         let candidates = config.candidate_subnets();
 
         // Our own lease from before a restart: take it over unless it changed meanwhile.
@@ -195,8 +207,10 @@ impl SubnetManager for EtcdSubnetManager {
             }
         }
         let taken: Vec<Ipv4Network> = self.leases()?.into_iter().map(|l| l.subnet).collect();
-        let mut free: Vec<Ipv4Network> =
-            candidates.into_iter().filter(|n| !taken.contains(n)).collect();
+        let mut free: Vec<Ipv4Network> = candidates
+            .into_iter()
+            .filter(|n| !taken.contains(n))
+            .collect();
         // Random order: nodes starting together rarely race for the same subnet.
         shuffle(&mut free);
         if let Some(p) = prefer.filter(|p| free.contains(p)) {
@@ -221,7 +235,11 @@ impl SubnetManager for EtcdSubnetManager {
             return Ok(false);
         };
         let r = self.post("/v3/lease/keepalive", &json!({ "ID": id }))?;
-        let ttl = r.get("result").and_then(|x| x.get("TTL")).map(int).unwrap_or(0);
+        let ttl = r
+            .get("result")
+            .and_then(|x| x.get("TTL"))
+            .map(int)
+            .unwrap_or(0);
         if ttl <= 0 {
             tracing::warn!(subnet = %lease.subnet, "etcd lease expired");
             self.lease_id = None;
