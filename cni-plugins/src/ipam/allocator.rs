@@ -7,13 +7,15 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::config::{from_u128, set_string, to_u128, RangeSet};
-use super::store::Store;
+use super::store::{Entry, Store};
 use crate::cni::{Error, IpConfig, Result};
 
 pub struct Allocator<'a> {
     pub set: &'a RangeSet,
     pub index: usize,
     pub store: &'a Store,
+    /// What the container already holds (read once per ADD, under the lock).
+    pub existing: &'a [Entry],
 }
 
 impl Allocator<'_> {
@@ -83,11 +85,7 @@ impl Allocator<'_> {
             }
             if !self.store.reserve(id, ifname, ip, self.index)? {
                 // Our own earlier reservation of it counts as success (ADD is retried).
-                let mine = self
-                    .store
-                    .find(id, ifname)?
-                    .iter()
-                    .any(|e| e.ip == Some(ip));
+                let mine = self.existing.iter().any(|e| e.ip == Some(ip));
                 if !mine {
                     return Err(Error::internal(format!(
                         "requested IP address {ip} is not available in range set {}",
@@ -97,7 +95,7 @@ impl Allocator<'_> {
             }
             return Ok(cfg);
         }
-        for e in self.store.find(id, ifname)? {
+        for e in self.existing {
             if let Some(ip) = e.ip.filter(|ip| self.set.iter().any(|r| r.contains(*ip))) {
                 if let Some(cfg) = self.config_for(ip) {
                     return Ok(cfg);

@@ -145,6 +145,8 @@ impl Netlink {
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
         let _ = sock.set_ext_ack(true);
+        // Lets dumps be filtered by the kernel (addresses of one link).
+        let _ = sock.set_netlink_get_strict_chk(true);
         Ok(Netlink {
             sock,
             seq: 0,
@@ -419,10 +421,9 @@ impl Netlink {
 
     /// Addresses on `index` (universe/site scope and link-local both), any family.
     pub fn addrs(&mut self, index: u32) -> io::Result<Vec<IpNetwork>> {
-        let r = self.request(
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-        )?;
+        let mut q = AddressMessage::default();
+        q.header.index = index;
+        let r = self.request(RouteNetlinkMessage::GetAddress(q), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for m in r {
             if let RouteNetlinkMessage::NewAddress(a) = m {

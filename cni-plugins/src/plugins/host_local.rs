@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use crate::cni::skel::{CmdArgs, Plugin};
 use crate::cni::{CniResult, Code, Error, Result};
 use crate::ipam::config::parse_resolv_conf;
-use crate::ipam::store::probe_writable;
+use crate::ipam::store::{probe_writable, Entry};
 use crate::ipam::{Allocator, IpamConfig, Store};
 
 pub struct HostLocal;
@@ -14,12 +14,9 @@ impl Plugin for HostLocal {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let conf = IpamConfig::load(args)?;
         let store = Store::open(&conf.network_dir())?;
-        let before: Vec<Option<IpAddr>> = store
-            .find(&args.container_id, &args.ifname)?
-            .into_iter()
-            .map(|e| e.ip)
-            .collect();
-        let outcome = allocate(&conf, &store, args);
+        let existing = store.find(&args.container_id, &args.ifname)?;
+        let before: Vec<Option<IpAddr>> = existing.iter().map(|e| e.ip).collect();
+        let outcome = allocate(&conf, &store, &existing, args);
         if outcome.is_err() {
             // Undo only what this ADD reserved.
             for e in store.find(&args.container_id, &args.ifname)? {
@@ -66,7 +63,12 @@ impl Plugin for HostLocal {
     }
 }
 
-fn allocate(conf: &IpamConfig, store: &Store, args: &CmdArgs) -> Result<CniResult> {
+fn allocate(
+    conf: &IpamConfig,
+    store: &Store,
+    existing: &[Entry],
+    args: &CmdArgs,
+) -> Result<CniResult> {
     let mut requested = conf.requested.clone();
     let mut result = CniResult::default();
     for (index, set) in conf.range_sets.iter().enumerate() {
@@ -74,7 +76,12 @@ fn allocate(conf: &IpamConfig, store: &Store, args: &CmdArgs) -> Result<CniResul
             .iter()
             .position(|ip| set.iter().any(|r| r.contains(*ip)))
             .map(|i| requested.remove(i));
-        let alloc = Allocator { set, index, store };
+        let alloc = Allocator {
+            set,
+            index,
+            store,
+            existing,
+        };
         let ip = alloc
             .get(&args.container_id, &args.ifname, want)
             .map_err(|e| e.context(format!("failed to allocate for range {index}")))?;
