@@ -35,7 +35,11 @@ pub fn drop_bounding(spec: Option<&LinuxCapabilities>) -> Result<()> {
                 Ok(()) => {}
                 // Capabilities newer than the running kernel cannot be dropped: fine.
                 Err(_) if !caps::runtime::thread_all_supported().contains(&cap) => {}
-                Err(e) => return Err(Error::Other(format!("dropping {cap} from the bounding set: {e}"))),
+                Err(e) => {
+                    return Err(Error::Other(format!(
+                        "dropping {cap} from the bounding set: {e}"
+                    )))
+                }
             }
         }
     }
@@ -53,7 +57,10 @@ pub fn apply(spec: Option<&LinuxCapabilities>) -> Result<()> {
         caps::set(None, which, value)
             .map_err(|e| Error::Other(format!("setting {which:?} capabilities: {e}")))
     };
-    set(CapSet::Effective, &effective.intersection(&permitted).cloned().collect())?;
+    set(
+        CapSet::Effective,
+        &effective.intersection(&permitted).cloned().collect(),
+    )?;
     set(CapSet::Inheritable, &inheritable)?;
     set(CapSet::Permitted, &permitted)?;
     set(CapSet::Effective, &effective)?;

@@ -90,7 +90,8 @@ mod tests {
     fn messages_round_trip() {
         let (a, b) = pair().expect("pair");
         a.send(&Message::Go).expect("send");
-        b.send(&Message::Failed("mount /proc: EPERM".into())).expect("send");
+        b.send(&Message::Failed("mount /proc: EPERM".into()))
+            .expect("send");
         assert_eq!(b.recv().expect("recv"), Message::Go);
         assert_eq!(
             a.recv().expect("recv"),

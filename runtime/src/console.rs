@@ -9,7 +9,9 @@ use std::path::Path;
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::socket::{connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
 use nix::sys::stat::Mode;
 use nix::unistd::dup2;
 
@@ -18,10 +20,16 @@ use crate::error::{shown, Context, Result};
 /// Connect to the caller's console socket (done by the runtime before the container starts,
 /// while the host path is still visible).
 pub fn connect_socket(path: &Path) -> Result<OwnedFd> {
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .ctx(|| "console socket".into())?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ctx(|| "console socket".into())?;
     let addr = UnixAddr::new(path).ctx(|| format!("console socket {}", shown(path)))?;
-    connect(fd.as_raw_fd(), &addr).ctx(|| format!("connecting to console socket {}", shown(path)))?;
+    connect(fd.as_raw_fd(), &addr)
+        .ctx(|| format!("connecting to console socket {}", shown(path)))?;
     Ok(fd)
 }
 
@@ -33,7 +41,12 @@ pub fn setup(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
     unlockpt(&master).ctx(|| "unlockpt".into())?;
     let name = ptsname_r(&master).ctx(|| "ptsname".into())?;
     if let Some((rows, cols)) = size {
-        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCSWINSZ reads one winsize struct from a valid pointer.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
@@ -47,14 +60,24 @@ pub fn setup(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
     )
     .ctx(|| "sending the pty master over the console socket".into())?;
     drop(socket);
-    let slave = open(name.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty())
-        .ctx(|| format!("opening {name}"))?;
+    let slave = open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .ctx(|| format!("opening {name}"))?;
     let console = Path::new("/dev/console");
     if std::fs::symlink_metadata(console).is_err() {
         let _ = std::fs::File::create(console);
     }
-    mount(Some(name.as_str()), console, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .ctx(|| "bind mounting the pty on /dev/console".into())?;
+    mount(
+        Some(name.as_str()),
+        console,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .ctx(|| "bind mounting the pty on /dev/console".into())?;
     for target in 0..=2 {
         dup2(slave, target).ctx(|| format!("dup2 pty to fd {target}"))?;
     }
@@ -63,7 +86,8 @@ pub fn setup(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
     }
     // SAFETY: TIOCSCTTY on fd 0 (now the pty slave) with arg 0; we are a session leader.
     if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-        return Err(std::io::Error::last_os_error()).ctx(|| "setting the controlling terminal".into());
+        return Err(std::io::Error::last_os_error())
+            .ctx(|| "setting the controlling terminal".into());
     }
     drop(master);
     Ok(())

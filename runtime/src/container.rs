@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nestbox_cgroups::Cgroup;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxNamespaceType;
@@ -137,7 +139,10 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     };
 
     // A pid namespace joined by path applies to our children: setns before the clone.
-    if let Some(pos) = joins.iter().position(|(t, _)| *t == LinuxNamespaceType::Pid) {
+    if let Some(pos) = joins
+        .iter()
+        .position(|(t, _)| *t == LinuxNamespaceType::Pid)
+    {
         let (typ, fd) = joins.remove(pos);
         crate::namespaces::join(typ, &fd)?;
     }
@@ -190,11 +195,17 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
 }
 
 fn listen_exec_socket(path: &Path) -> Result<OwnedFd> {
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .ctx(|| "exec socket".into())?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ctx(|| "exec socket".into())?;
     let addr = UnixAddr::new(path).ctx(|| format!("exec socket {}", shown(path)))?;
     bind(fd.as_raw_fd(), &addr).ctx(|| format!("binding {}", shown(path)))?;
-    listen(&fd, Backlog::new(1).unwrap_or(Backlog::MAXCONN)).ctx(|| "listen on the exec socket".into())?;
+    listen(&fd, Backlog::new(1).unwrap_or(Backlog::MAXCONN))
+        .ctx(|| "listen on the exec socket".into())?;
     Ok(fd)
 }
 
@@ -225,8 +236,13 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         }
     }
     let path = dir.join(EXEC_SOCKET);
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .ctx(|| "exec socket".into())?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ctx(|| "exec socket".into())?;
     let addr = UnixAddr::new(&path).ctx(|| format!("exec socket {}", shown(&path)))?;
     connect(fd.as_raw_fd(), &addr).ctx(|| format!("connecting to {}", shown(&path)))?;
     let _ = std::fs::remove_file(&path);
@@ -283,9 +299,9 @@ pub fn kill_container(root: &Path, id: &str, signal: Signal, all: bool) -> Resul
     }
     match kill(Pid::from_raw(state.pid), signal) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::ESRCH) => Err(Error::Other(format!(
-            "container {id:?}: no such process"
-        ))),
+        Err(nix::errno::Errno::ESRCH) => {
+            Err(Error::Other(format!("container {id:?}: no such process")))
+        }
         Err(e) => Err(e).ctx(|| format!("signalling container {id:?}")),
     }
 }

@@ -30,7 +30,10 @@ impl LogSink {
     pub fn open(path: Option<&Path>, format: Format) -> std::io::Result<LogSink> {
         let (out, is_file): (Box<dyn Write + Send>, bool) = match path {
             Some(p) if p != Path::new("/dev/stderr") => {
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?;
                 (Box::new(f), true)
             }
             _ => (Box::new(std::io::stderr()), false),

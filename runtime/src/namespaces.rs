@@ -58,7 +58,10 @@ impl Namespaces {
     }
 
     pub fn joins(&self, typ: LinuxNamespaceType) -> Option<&Path> {
-        self.join.iter().find(|(t, _)| *t == typ).map(|(_, p)| p.as_path())
+        self.join
+            .iter()
+            .find(|(t, _)| *t == typ)
+            .map(|(_, p)| p.as_path())
     }
 
     /// Open every namespace path (before anything changes, so errors name the spec's path).

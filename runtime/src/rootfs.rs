@@ -93,7 +93,10 @@ pub fn prepare(ctx: &RootfsContext) -> Result<()> {
         create_default_devices(ctx)?;
         create_dev_links(ctx.rootfs)?;
     }
-    for dev in linux.and_then(|l| l.devices().as_deref()).unwrap_or_default() {
+    for dev in linux
+        .and_then(|l| l.devices().as_deref())
+        .unwrap_or_default()
+    {
         create_device(ctx, dev)?;
     }
     Ok(())
@@ -103,21 +106,37 @@ pub fn prepare(ctx: &RootfsContext) -> Result<()> {
 pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     if no_pivot {
         chdir(rootfs).ctx(|| format!("chdir {}", shown(rootfs)))?;
-        mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .ctx(|| "moving the rootfs to /".into())?;
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .ctx(|| "moving the rootfs to /".into())?;
         chroot(".").ctx(|| "chroot into the rootfs".into())?;
         return chdir("/").ctx(|| "chdir /".into());
     }
-    let old_root = open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| "open /".into())?;
+    let old_root = open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "open /".into())?;
     // SAFETY: open returned a fresh fd that nothing else owns.
     let old_root = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(old_root) };
     chdir(rootfs).ctx(|| format!("chdir {}", shown(rootfs)))?;
     // pivot_root(".", ".") stacks the old root under the new one; it is then detached.
     pivot_root(".", ".").ctx(|| format!("pivot_root into {}", shown(rootfs)))?;
     fchdir(old_root.as_raw_fd()).ctx(|| "fchdir to the old root".into())?;
-    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .ctx(|| "making the old root a slave".into())?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| "making the old root a slave".into())?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "detaching the old root".into())?;
     chdir("/").ctx(|| "chdir /".into())
 }
@@ -125,13 +144,24 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
 /// After pivot: masked paths, read-only paths, read-only root.
 pub fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
-    for p in linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or_default() {
+    for p in linux
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or_default()
+    {
         mask_path(Path::new(p))?;
     }
-    for p in linux.and_then(|l| l.readonly_paths().as_deref()).unwrap_or_default() {
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_deref())
+        .unwrap_or_default()
+    {
         readonly_path(Path::new(p))?;
     }
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
         let flags = locked_flags(Path::new("/"));
         mount(
             None::<&str>,
@@ -167,7 +197,8 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> Result<PathBuf> {
                         shown(unsafe_path)
                     )));
                 }
-                let target = std::fs::read_link(&full).ctx(|| format!("readlink {}", shown(&full)))?;
+                let target =
+                    std::fs::read_link(&full).ctx(|| format!("readlink {}", shown(&full)))?;
                 if target.is_absolute() {
                     resolved = PathBuf::new();
                 }
@@ -273,8 +304,7 @@ fn propagation_flag(name: &str) -> Option<MsFlags> {
 
 fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")
-        || m
-            .options()
+        || m.options()
             .as_deref()
             .unwrap_or_default()
             .iter()
@@ -291,15 +321,25 @@ fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
         .filter(|mp| rootfs.starts_with(mp))
         .max_by_key(|mp| mp.as_os_str().len())
         .unwrap_or_else(|| PathBuf::from("/"));
-    mount(None::<&str>, &parent, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
-        .ctx(|| format!("making {} private", shown(&parent)))
+    mount(
+        None::<&str>,
+        &parent,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .ctx(|| format!("making {} private", shown(&parent)))
 }
 
 /// An O_PATH fd on `path`, checked to really be inside `rootfs` (no symlink swapped in), and
 /// the magic /proc/self/fd path to mount through it.
 fn open_target(rootfs: &Path, path: &Path) -> Result<(OwnedFd, PathBuf)> {
-    let fd = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
-        .ctx(|| format!("open {}", shown(path)))?;
+    let fd = open(
+        path,
+        OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .ctx(|| format!("open {}", shown(path)))?;
     // SAFETY: open returned a fresh fd that nothing else owns.
     let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
@@ -356,8 +396,14 @@ fn mount_entry(ctx: &RootfsContext, m: &Mount) -> Result<()> {
     let data = (!data.is_empty()).then_some(data.as_str());
     if bind {
         let rec = opts.flags & MsFlags::MS_REC;
-        mount(Some(&source), &via, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
-            .ctx(|| "bind".into())?;
+        mount(
+            Some(&source),
+            &via,
+            None::<&str>,
+            MsFlags::MS_BIND | rec,
+            None::<&str>,
+        )
+        .ctx(|| "bind".into())?;
         drop(fd);
         let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
@@ -378,8 +424,14 @@ fn mount_entry(ctx: &RootfsContext, m: &Mount) -> Result<()> {
             // Read-only sysfs/proc mounts can be refused outright in some namespaces: mount
             // read-write, then remount read-only.
             if flags.contains(MsFlags::MS_RDONLY) {
-                mount(Some(&source), &via, Some(typ), flags - MsFlags::MS_RDONLY, data)
-                    .ctx(|| typ.to_string())?;
+                mount(
+                    Some(&source),
+                    &via,
+                    Some(typ),
+                    flags - MsFlags::MS_RDONLY,
+                    data,
+                )
+                .ctx(|| typ.to_string())?;
                 drop(fd);
                 mount(
                     None::<&str>,
@@ -412,8 +464,14 @@ fn mount_cgroup(ctx: &RootfsContext, dest: &Path, opts: &MountOptions) -> Result
     let v2_only = ctx.cgroup_binds.len() == 1 && ctx.cgroup_binds[0].name == "cgroup";
     if v2_only {
         let (_fd, via) = open_target(ctx.rootfs, dest)?;
-        mount(Some(&ctx.cgroup_binds[0].source), &via, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .ctx(|| "bind the cgroup2 directory".into())?;
+        mount(
+            Some(&ctx.cgroup_binds[0].source),
+            &via,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx(|| "bind the cgroup2 directory".into())?;
         return remount_bind(dest, flags);
     }
     let (fd, via) = open_target(ctx.rootfs, dest)?;
@@ -423,8 +481,14 @@ fn mount_cgroup(ctx: &RootfsContext, dest: &Path, opts: &MountOptions) -> Result
     for bind in ctx.cgroup_binds {
         let sub = dest.join(&bind.name);
         mkdir_all(&sub)?;
-        mount(Some(&bind.source), &sub, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .ctx(|| format!("bind {}", shown(&bind.source)))?;
+        mount(
+            Some(&bind.source),
+            &sub,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| format!("bind {}", shown(&bind.source)))?;
         remount_bind(&sub, flags)?;
         if bind.name.contains(',') {
             for part in bind.name.split(',') {
@@ -436,8 +500,14 @@ fn mount_cgroup(ctx: &RootfsContext, dest: &Path, opts: &MountOptions) -> Result
         }
     }
     if flags.contains(MsFlags::MS_RDONLY) {
-        mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | flags, Some("mode=755"))
-            .ctx(|| "remount the cgroup tmpfs read-only".into())?;
+        mount(
+            None::<&str>,
+            dest,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | flags,
+            Some("mode=755"),
+        )
+        .ctx(|| "remount the cgroup tmpfs read-only".into())?;
     }
     Ok(())
 }
@@ -489,7 +559,15 @@ const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
 fn create_default_devices(ctx: &RootfsContext) -> Result<()> {
     for (name, major, minor) in DEFAULT_DEVICES {
         let dest = secure_join(ctx.rootfs, &Path::new("/dev").join(name))?;
-        make_node(ctx, &dest, SFlag::S_IFCHR, *major, *minor, 0o666, Some((0, 0)))?;
+        make_node(
+            ctx,
+            &dest,
+            SFlag::S_IFCHR,
+            *major,
+            *minor,
+            0o666,
+            Some((0, 0)),
+        )?;
     }
     Ok(())
 }
@@ -567,11 +645,22 @@ fn make_node(
         let host = Path::new("/").join(dest.strip_prefix(ctx.rootfs).unwrap_or(dest));
         std::fs::File::create(dest).ctx(|| format!("create {}", shown(dest)))?;
         let (_fd, via) = open_target(ctx.rootfs, dest)?;
-        return mount(Some(&host), &via, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .ctx(|| format!("bind {} from the host", shown(&host)));
+        return mount(
+            Some(&host),
+            &via,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx(|| format!("bind {} from the host", shown(&host)));
     }
-    mknod(dest, kind, Mode::from_bits_truncate(mode), makedev(major, minor))
-        .ctx(|| format!("mknod {}", shown(dest)))?;
+    mknod(
+        dest,
+        kind,
+        Mode::from_bits_truncate(mode),
+        makedev(major, minor),
+    )
+    .ctx(|| format!("mknod {}", shown(dest)))?;
     // mknod applies the umask: set the exact mode.
     nix::sys::stat::fchmodat(
         None,
@@ -606,9 +695,17 @@ fn mask_path(path: &Path) -> Result<()> {
     // Only a real /dev/null (char 1:3) may be used to mask.
     let null = std::fs::metadata("/dev/null").ctx(|| "stat /dev/null".into())?;
     if !null.file_type().is_char_device() || null.rdev() != makedev(1, 3) {
-        return Err(Error::Other("/dev/null is not the null device (1:3)".into()));
+        return Err(Error::Other(
+            "/dev/null is not the null device (1:3)".into(),
+        ));
     }
-    match mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+    match mount(
+        Some("/dev/null"),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(e) => Err(e).ctx(|| format!("masking {}", shown(path))),
     }
@@ -618,13 +715,23 @@ fn readonly_path(path: &Path) -> Result<()> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(());
     }
-    mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .ctx(|| format!("bind {} read-only", shown(path)))?;
+    mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("bind {} read-only", shown(path)))?;
     mount(
         None::<&str>,
         path,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | locked_flags(path),
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_REC
+            | locked_flags(path),
         None::<&str>,
     )
     .ctx(|| format!("remount {} read-only", shown(path)))
@@ -641,9 +748,18 @@ mod tests {
         std::fs::create_dir_all(dir.join("a")).expect("mkdir");
         symlink("/etc", dir.join("abs")).expect("link");
         symlink("../../../..", dir.join("a/up")).expect("link");
-        assert_eq!(secure_join(&dir, Path::new("/abs/passwd")).expect("join"), dir.join("etc/passwd"));
-        assert_eq!(secure_join(&dir, Path::new("a/up/x")).expect("join"), dir.join("x"));
-        assert_eq!(secure_join(&dir, Path::new("/../../y")).expect("join"), dir.join("y"));
+        assert_eq!(
+            secure_join(&dir, Path::new("/abs/passwd")).expect("join"),
+            dir.join("etc/passwd")
+        );
+        assert_eq!(
+            secure_join(&dir, Path::new("a/up/x")).expect("join"),
+            dir.join("x")
+        );
+        assert_eq!(
+            secure_join(&dir, Path::new("/../../y")).expect("join"),
+            dir.join("y")
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

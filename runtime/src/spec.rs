@@ -71,10 +71,8 @@ pub fn load_bundle(bundle: &Path) -> Result<Bundle> {
     } else {
         path.join(root.path())
     };
-    let rootfs = std::fs::canonicalize(&rootfs).map_err(|e| Error::Spec(format!(
-        "root.path {:?}: {e}",
-        rootfs.display()
-    )))?;
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .map_err(|e| Error::Spec(format!("root.path {:?}: {e}", rootfs.display())))?;
     if spec.process().is_none() {
         return Err(Error::Spec("process: missing".into()));
     }
@@ -83,10 +81,12 @@ pub fn load_bundle(bundle: &Path) -> Result<Bundle> {
 
 /// Parse config.json text, after the checks on raw JSON described in the module docs.
 pub fn parse_spec(text: &str) -> Result<Spec> {
-    let mut value: Value = serde_json::from_str(text)
-        .map_err(|e| Error::Spec(format!("malformed JSON: {e}")))?;
+    let mut value: Value =
+        serde_json::from_str(text).map_err(|e| Error::Spec(format!("malformed JSON: {e}")))?;
     if !value.is_object() {
-        return Err(Error::Spec("malformed: the top level is not an object".into()));
+        return Err(Error::Spec(
+            "malformed: the top level is not an object".into(),
+        ));
     }
     check_namespaces(&value)?;
     drop_unknown_capabilities(&mut value);
@@ -131,8 +131,8 @@ fn drop_unknown_capabilities(value: &mut Value) {
     for (set, names) in sets.iter_mut() {
         if let Some(list) = names.as_array_mut() {
             list.retain(|name| {
-                let ok = serde_json::from_value::<oci_spec::runtime::Capability>(name.clone())
-                    .is_ok();
+                let ok =
+                    serde_json::from_value::<oci_spec::runtime::Capability>(name.clone()).is_ok();
                 if !ok {
                     tracing::warn!("capabilities.{set}: unknown capability {name}, ignored");
                 }
@@ -166,7 +166,13 @@ mod tests {
         let text = r#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":0,"gid":0},
             "capabilities":{"bounding":["CAP_KILL","CAP_NOPE"]}}}"#;
         let spec = parse_spec(text).expect("parses");
-        let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
         assert_eq!(caps.bounding().as_ref().map(|b| b.len()), Some(1));
     }
 

@@ -41,7 +41,11 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<i32> {
                 "ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"
             );
             for (s, st) in &containers {
-                let pid = if *st == nestbox_runtime::state::Status::Stopped { 0 } else { s.pid };
+                let pid = if *st == nestbox_runtime::state::Status::Stopped {
+                    0
+                } else {
+                    s.pid
+                };
                 println!(
                     "{:<12}{:<12}{:<12}{:<12}{:<12}{}",
                     format!("{} ", s.id),

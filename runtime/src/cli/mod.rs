@@ -78,9 +78,28 @@ pub enum Command {
 
 /// Long flag names: `-name` / `-name=value` (as go-runc sends them) become `--name`.
 const LONG_FLAGS: &[&str] = &[
-    "root", "log", "log-format", "debug", "systemd-cgroup", "rootless", "criu", "help", "version",
-    "bundle", "pid-file", "console-socket", "no-pivot", "no-new-keyring", "preserve-fds",
-    "detach", "no-subreaper", "keep", "all", "force", "format", "quiet",
+    "root",
+    "log",
+    "log-format",
+    "debug",
+    "systemd-cgroup",
+    "rootless",
+    "criu",
+    "help",
+    "version",
+    "bundle",
+    "pid-file",
+    "console-socket",
+    "no-pivot",
+    "no-new-keyring",
+    "preserve-fds",
+    "detach",
+    "no-subreaper",
+    "keep",
+    "all",
+    "force",
+    "format",
+    "quiet",
 ];
 
 /// Rewrite single-dash long flags to the double-dash form clap expects.
@@ -110,7 +129,10 @@ pub fn normalise_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
 impl Cli {
     /// Commands that start container processes run from a sealed copy of the binary.
     pub fn starts_container(&self) -> bool {
-        matches!(self.command, Some(Command::Create(_)) | Some(Command::Run(_)))
+        matches!(
+            self.command,
+            Some(Command::Create(_)) | Some(Command::Run(_))
+        )
     }
 }
 
@@ -142,17 +164,35 @@ mod tests {
 
     #[test]
     fn single_dash_long_flags_are_normalised() {
-        let args: Vec<OsString> = ["nestbox", "-root=/x", "-log-format", "json", "run", "-d", "-no-subreaper", "id"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let args: Vec<OsString> = [
+            "nestbox",
+            "-root=/x",
+            "-log-format",
+            "json",
+            "run",
+            "-d",
+            "-no-subreaper",
+            "id",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let out: Vec<String> = normalise_args(args)
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
         assert_eq!(
             out,
-            ["nestbox", "--root=/x", "--log-format", "json", "run", "-d", "--no-subreaper", "id"]
+            [
+                "nestbox",
+                "--root=/x",
+                "--log-format",
+                "json",
+                "run",
+                "-d",
+                "--no-subreaper",
+                "id"
+            ]
         );
     }
 }

@@ -8,6 +8,9 @@ pub struct Args {
 }
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<i32> {
-    println!("{}", nestbox_runtime::container::state_json(&cli.root, &args.id)?);
+    println!(
+        "{}",
+        nestbox_runtime::container::state_json(&cli.root, &args.id)?
+    );
     Ok(0)
 }

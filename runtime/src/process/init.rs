@@ -21,7 +21,7 @@ use crate::capabilities;
 use crate::channel::{Channel, Message};
 use crate::error::{Context, Error, Result};
 use crate::namespaces;
-use crate::process::user::{self, ExecUser};
+use crate::process::user;
 use crate::process::InitConfig;
 use crate::rootfs::{self, RootfsContext};
 
@@ -39,7 +39,8 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
         .as_ref()
         .ok_or_else(|| Error::Spec("process: missing".into()))?;
     let ns = config.namespaces;
-    let in_userns = ns.has_new(LinuxNamespaceType::User) || ns.joins(LinuxNamespaceType::User).is_some();
+    let in_userns =
+        ns.has_new(LinuxNamespaceType::User) || ns.joins(LinuxNamespaceType::User).is_some();
     if ns.has_new(LinuxNamespaceType::User) {
         become_root_in_userns()?;
     }
@@ -64,7 +65,9 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     apply_sysctl(spec)?;
 
     if !ns.has_new(LinuxNamespaceType::Mount) {
-        return Err(Error::Spec("linux.namespaces: a mount namespace is required".into()));
+        return Err(Error::Spec(
+            "linux.namespaces: a mount namespace is required".into(),
+        ));
     }
     rootfs::prepare(&RootfsContext {
         spec,
@@ -104,7 +107,7 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     channel.send(&Message::Ready)?;
     let conn = wait_for_start(&config.exec_listener)?;
     drop(config.exec_listener);
-    let err = match finalize(spec, process, &exe, &args, &env, &exec_user, config.preserve_fds) {
+    let err = match finalize(spec, process, &exe, &args, &env, config.preserve_fds) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -123,16 +126,21 @@ fn become_root_in_userns() -> Result<()> {
 }
 
 fn set_hostname(spec: &Spec, ns: &namespaces::Namespaces) -> Result<()> {
-    let private_uts = ns.has_new(LinuxNamespaceType::Uts) || ns.joins(LinuxNamespaceType::Uts).is_some();
+    let private_uts =
+        ns.has_new(LinuxNamespaceType::Uts) || ns.joins(LinuxNamespaceType::Uts).is_some();
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         if !private_uts {
-            return Err(Error::Spec("hostname: needs a private UTS namespace".into()));
+            return Err(Error::Spec(
+                "hostname: needs a private UTS namespace".into(),
+            ));
         }
         nix::unistd::sethostname(h).ctx(|| format!("sethostname {h:?}"))?;
     }
     if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
         if !private_uts {
-            return Err(Error::Spec("domainname: needs a private UTS namespace".into()));
+            return Err(Error::Spec(
+                "domainname: needs a private UTS namespace".into(),
+            ));
         }
         // SAFETY: pointer and length describe the bytes of `d`.
         if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
@@ -207,7 +215,9 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
         return if is_exec(&p) {
             Ok(p)
         } else {
-            Err(Error::Other(format!("exec: {arg0:?}: no such executable file")))
+            Err(Error::Other(format!(
+                "exec: {arg0:?}: no such executable file"
+            )))
         };
     }
     let path = env
@@ -217,7 +227,11 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
     path.split(':')
         .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(arg0))
         .find(|p| is_exec(p))
-        .ok_or_else(|| Error::Other(format!("exec: {arg0:?}: executable file not found in $PATH")))
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "exec: {arg0:?}: executable file not found in $PATH"
+            ))
+        })
 }
 
 fn wait_for_start(listener: &OwnedFd) -> Result<OwnedFd> {
@@ -237,7 +251,6 @@ fn finalize(
     exe: &Path,
     args: &[String],
     env: &[String],
-    exec_user: &ExecUser,
     preserve_fds: i32,
 ) -> Result<Infallible> {
     let nnp = process.no_new_privileges().unwrap_or(false);
@@ -257,7 +270,8 @@ fn finalize(
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     let u = process.user();
-    let mut groups: Vec<Gid> = exec_user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    // Like runc for a numeric user: only additionalGids, not /etc/group memberships.
+    let mut groups: Vec<Gid> = Vec::new();
     for g in u.additional_gids().as_deref().unwrap_or_default() {
         if !groups.contains(&Gid::from_raw(*g)) {
             groups.push(Gid::from_raw(*g));
@@ -291,7 +305,8 @@ fn finalize(
     }
     close_fds_on_exec(3 + preserve_fds.max(0))?;
 
-    let cstr = |s: &str| CString::new(s).map_err(|_| Error::Spec(format!("{s:?} contains a NUL byte")));
+    let cstr =
+        |s: &str| CString::new(s).map_err(|_| Error::Spec(format!("{s:?} contains a NUL byte")));
     let exe_c = cstr(&exe.to_string_lossy())?;
     let argv = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
     let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;

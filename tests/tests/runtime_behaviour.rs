@@ -1,0 +1,473 @@
+//! Behaviour of `nestbox` against `runc` on the same bundles: every case runs under both
+//! runtimes and asserts equal outcomes plus the expected absolute value.
+//!
+//! Run after `cargo build --release -p nestbox-runtime`:
+//! `cargo test -p nestbox-tests --test runtime_behaviour -- --test-threads=2`
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nestbox_tests::{bin, require_cmd, require_root, unique, wait_until, Bundle, TempDir};
+use serde_json::{json, Value};
+
+/// One runtime binary with its own state root.
+struct Runtime {
+    name: &'static str,
+    bin: PathBuf,
+    root: TempDir,
+}
+
+impl Runtime {
+    fn nestbox() -> Runtime {
+        Runtime {
+            name: "nestbox",
+            bin: bin("nestbox"),
+            root: TempDir::new("rt-nb"),
+        }
+    }
+
+    fn runc() -> Runtime {
+        Runtime {
+            name: "runc",
+            bin: require_cmd("runc"),
+            root: TempDir::new("rt-runc"),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root").arg(self.root.path()).args(args);
+        c
+    }
+
+    /// Run a command that does not leave a container process holding its stdio (state,
+    /// start, kill, delete, list, run).
+    fn out(&self, args: &[&str]) -> (i32, String, String) {
+        nestbox_tests::run(&mut self.cmd(args))
+    }
+
+    /// `run` the bundle to completion: (exit code, stdout, stderr).
+    fn run(&self, bundle: &Bundle) -> (i32, String, String) {
+        let id = unique("rb");
+        let b = bundle.path().to_str().expect("utf-8 path");
+        self.out(&["run", "--bundle", b, &id])
+    }
+
+    /// `create` with stdio on files (the container keeps them open); returns (code, stderr).
+    fn create(&self, bundle: &Bundle, id: &str) -> (i32, String) {
+        let log = self.root.path().join(format!("{id}.create.err"));
+        let status = self
+            .cmd(&[
+                "create",
+                "--bundle",
+                bundle.path().to_str().expect("utf-8"),
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(File::create(self.root.path().join(format!("{id}.out"))).expect("out file"))
+            .stderr(File::create(&log).expect("err file"))
+            .status()
+            .expect("spawn create");
+        (
+            status.code().unwrap_or(-1),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    }
+
+    fn state(&self, id: &str) -> Option<Value> {
+        let (code, out, _) = self.out(&["state", id]);
+        (code == 0).then(|| serde_json::from_str(&out).expect("state is JSON"))
+    }
+
+    fn status(&self, id: &str) -> String {
+        self.state(id)
+            .and_then(|s| s["status"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "absent".into())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Leave no container behind, even when an assertion failed.
+        let (_, out, _) = self.out(&["list", "--format", "json"]);
+        if let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&out) {
+            for c in list {
+                if let Some(id) = c["id"].as_str() {
+                    let _ = self.out(&["delete", "--force", id]);
+                }
+            }
+        }
+    }
+}
+
+fn runtimes() -> [Runtime; 2] {
+    require_root();
+    [Runtime::runc(), Runtime::nestbox()]
+}
+
+/// Run the same bundle under both runtimes; assert equal (code, stdout); return runc's.
+fn run_both(bundle: &Bundle) -> (i32, String) {
+    let [runc, nestbox] = runtimes();
+    let (rc, rout, rerr) = runc.run(bundle);
+    let (nc, nout, nerr) = nestbox.run(bundle);
+    assert_eq!(
+        (nc, &nout),
+        (rc, &rout),
+        "nestbox differs from runc\nnestbox stderr: {nerr}\nrunc stderr: {rerr}"
+    );
+    (rc, rout)
+}
+
+fn bundle_with(args: &[&str]) -> Bundle {
+    let mut b = Bundle::new();
+    b.set_args(args);
+    b.write();
+    b
+}
+
+#[test]
+fn stdout_and_exit_code_pass_through() {
+    let b = bundle_with(&["sh", "-c", "echo hello; echo oops >&2; exit 3"]);
+    assert_eq!(run_both(&b), (3, "hello\n".into()));
+}
+
+#[test]
+fn run_returns_128_plus_signal_when_killed() {
+    for rt in runtimes() {
+        let mut b = bundle_with(&["sleep", "100"]);
+        b.config["process"]["terminal"] = json!(false);
+        b.write();
+        let id = unique("sig");
+        let mut child = rt
+            .cmd(&["run", "--bundle", b.path().to_str().unwrap(), &id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn run");
+        assert!(
+            wait_until(10, || rt.status(&id) == "running"),
+            "{}: container never ran",
+            rt.name
+        );
+        let (code, _, err) = rt.out(&["kill", &id, "KILL"]);
+        assert_eq!(code, 0, "{}: kill: {err}", rt.name);
+        let status = child.wait().expect("wait run");
+        assert_eq!(status.code(), Some(137), "{}: run exit", rt.name);
+    }
+}
+
+#[test]
+fn hostname_is_set() {
+    let mut b = bundle_with(&["hostname"]);
+    b.config["hostname"] = json!("nbhost");
+    b.write();
+    assert_eq!(run_both(&b), (0, "nbhost\n".into()));
+}
+
+#[test]
+fn readonly_root_refuses_writes() {
+    let b = bundle_with(&[
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null; echo $?; touch /tmp/y 2>/dev/null; echo $?",
+    ]);
+    // /tmp is part of the read-only root in the busybox bundle too.
+    assert_eq!(run_both(&b), (0, "1\n1\n".into()));
+}
+
+#[test]
+fn masked_paths_are_unreadable() {
+    let b = bundle_with(&[
+        "sh",
+        "-c",
+        "wc -c < /proc/keys; wc -c < /proc/timer_list; ls -A /sys/firmware | wc -l; echo x > /proc/sys/kernel/hostname 2>/dev/null; echo $?",
+    ]);
+    // Files read as /dev/null, directories as an empty tmpfs, /proc/sys is read-only.
+    assert_eq!(run_both(&b), (0, "0\n0\n0\n1\n".into()));
+}
+
+#[test]
+fn reduced_capability_set_shows_in_capeff() {
+    let mut b = bundle_with(&["sh", "-c", "grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status"]);
+    let caps = json!(["CAP_KILL", "CAP_CHOWN"]);
+    b.config["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps, "inheritable": [], "ambient": []});
+    b.write();
+    let (code, out) = run_both(&b);
+    assert_eq!(code, 0);
+    // CAP_CHOWN = bit 0, CAP_KILL = bit 5.
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert!(out.contains(&format!("{set}:\t0000000000000021")), "{out}");
+    }
+}
+
+#[test]
+fn rlimits_apply() {
+    let mut b = bundle_with(&["sh", "-c", "ulimit -n; ulimit -Hn"]);
+    b.config["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+    b.write();
+    assert_eq!(run_both(&b), (0, "123\n456\n".into()));
+}
+
+#[test]
+fn user_group_and_additional_groups() {
+    let mut b = bundle_with(&["id"]);
+    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [3000]});
+    b.write();
+    let (code, out) = run_both(&b);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("uid=1000(user) gid=1000(user) groups="),
+        "{out}"
+    );
+    assert!(out.contains("3000"), "{out}");
+}
+
+#[test]
+fn env_and_cwd() {
+    let mut b = bundle_with(&["sh", "-c", "pwd; env | sort"]);
+    b.config["process"]["cwd"] = json!("/home/user");
+    b.config["process"]["env"] = json!(["PATH=/bin", "FOO=bar baz"]);
+    b.write();
+    let (code, out) = run_both(&b);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("/home/user\n"), "{out}");
+    assert!(
+        out.contains("FOO=bar baz\n") && out.contains("HOME=/root\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn umask_applies() {
+    let mut b = bundle_with(&["sh", "-c", "umask"]);
+    b.config["process"]["user"]["umask"] = json!(0o027);
+    b.write();
+    assert_eq!(run_both(&b), (0, "0027\n".into()));
+}
+
+#[test]
+fn memory_limit_is_visible_in_the_container_cgroup() {
+    let mut b = bundle_with(&["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]);
+    b.config["linux"]["resources"]["memory"] = json!({"limit": 33554432});
+    b.write();
+    assert_eq!(run_both(&b), (0, "33554432\n".into()));
+}
+
+#[test]
+fn memory_limit_is_enforced_by_oom_kill() {
+    // 16 MiB limit (swap capped too); dd wants a 64 MiB buffer: the OOM killer ends it.
+    let mut b = bundle_with(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    b.config["linux"]["resources"]["memory"] = json!({"limit": 16777216, "swap": 16777216});
+    b.write();
+    let (code, _) = run_both(&b);
+    assert_eq!(code, 137);
+}
+
+#[test]
+fn pids_limit_is_enforced() {
+    let mut b = bundle_with(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids/pids.max; sh -c 'for i in 1 2 3 4 5 6 7 8; do sleep 2 & done' 2>/dev/null; echo inner=$?",
+    ]);
+    b.config["linux"]["resources"]["pids"] = json!({"limit": 4});
+    b.write();
+    // The inner shell cannot fork its 4th sleep (sh, sh and 2 sleeps fill the limit) and
+    // exits 2 ("can't fork").
+    assert_eq!(run_both(&b), (0, "4\ninner=2\n".into()));
+}
+
+#[test]
+fn state_goes_created_running_stopped() {
+    for rt in runtimes() {
+        let b = bundle_with(&["sleep", "100"]);
+        let id = unique("st");
+        let (code, err) = rt.create(&b, &id);
+        assert_eq!(code, 0, "{}: create: {err}", rt.name);
+        let st = rt.state(&id).expect("state after create");
+        assert_eq!(st["status"], "created", "{}", rt.name);
+        assert!(st["pid"].as_i64().unwrap_or(0) > 0, "{}", rt.name);
+        assert_eq!(st["id"], id.as_str());
+        let keys: Vec<&str> = st.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in [
+            "ociVersion",
+            "id",
+            "pid",
+            "status",
+            "bundle",
+            "rootfs",
+            "created",
+            "owner",
+        ] {
+            assert!(keys.contains(&k), "{}: state lacks {k}: {st}", rt.name);
+        }
+        assert_eq!(rt.out(&["start", &id]).0, 0, "{}: start", rt.name);
+        assert_eq!(rt.status(&id), "running", "{}", rt.name);
+        assert_eq!(rt.out(&["kill", &id, "9"]).0, 0, "{}: kill 9", rt.name);
+        assert!(
+            wait_until(10, || rt.status(&id) == "stopped"),
+            "{}: never stopped",
+            rt.name
+        );
+        assert_eq!(rt.state(&id).unwrap()["pid"], 0, "{}", rt.name);
+        let (code, _, err) = rt.out(&["kill", &id, "KILL"]);
+        assert_eq!(code, 1, "{}", rt.name);
+        assert!(err.contains("not running"), "{}: {err}", rt.name);
+        assert_eq!(rt.out(&["delete", &id]).0, 0, "{}: delete", rt.name);
+        assert_eq!(rt.status(&id), "absent", "{}", rt.name);
+    }
+}
+
+#[test]
+fn kill_all_with_named_signal_stops_every_process() {
+    for rt in runtimes() {
+        let b = bundle_with(&["sh", "-c", "sleep 100 & sleep 100"]);
+        let id = unique("ka");
+        assert_eq!(rt.create(&b, &id).0, 0, "{}", rt.name);
+        assert_eq!(rt.out(&["start", &id]).0, 0, "{}", rt.name);
+        let (code, _, err) = rt.out(&["kill", "--all", &id, "SIGKILL"]);
+        assert_eq!(code, 0, "{}: {err}", rt.name);
+        assert!(
+            wait_until(10, || rt.status(&id) == "stopped"),
+            "{}",
+            rt.name
+        );
+        assert_eq!(rt.out(&["delete", &id]).0, 0, "{}", rt.name);
+    }
+}
+
+#[test]
+fn delete_force_removes_a_running_container() {
+    for rt in runtimes() {
+        let b = bundle_with(&["sleep", "100"]);
+        let id = unique("df");
+        assert_eq!(rt.create(&b, &id).0, 0, "{}", rt.name);
+        assert_eq!(rt.out(&["start", &id]).0, 0, "{}", rt.name);
+        let (code, _, err) = rt.out(&["delete", &id]);
+        assert_eq!(
+            code, 1,
+            "{}: delete of a running container must fail",
+            rt.name
+        );
+        assert!(err.contains("running"), "{}: {err}", rt.name);
+        let pid = rt.state(&id).unwrap()["pid"].as_i64().unwrap();
+        let (code, _, err) = rt.out(&["delete", "--force", &id]);
+        assert_eq!(code, 0, "{}: {err}", rt.name);
+        assert_eq!(rt.status(&id), "absent", "{}", rt.name);
+        assert!(
+            !Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z"))
+                    .unwrap_or(true),
+            "{}: init still alive",
+            rt.name
+        );
+        assert!(
+            !rt.root.path().join(&id).exists(),
+            "{}: state dir left",
+            rt.name
+        );
+    }
+}
+
+#[test]
+fn list_shows_containers_as_json() {
+    for rt in runtimes() {
+        let b = bundle_with(&["sleep", "100"]);
+        let (a, z) = (unique("la"), unique("lz"));
+        assert_eq!(rt.create(&b, &a).0, 0, "{}", rt.name);
+        assert_eq!(rt.create(&b, &z).0, 0, "{}", rt.name);
+        assert_eq!(rt.out(&["start", &z]).0, 0, "{}", rt.name);
+        let (code, out, _) = rt.out(&["list", "--format", "json"]);
+        assert_eq!(code, 0);
+        let list: Value = serde_json::from_str(&out).expect("json");
+        let mut seen: Vec<(String, String)> = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_owned(),
+                    c["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![(a.clone(), "created".into()), (z.clone(), "running".into())],
+            "{}",
+            rt.name
+        );
+        let (_, table, _) = rt.out(&["list"]);
+        assert!(table.starts_with("ID"), "{}: {table}", rt.name);
+        for id in [&a, &z] {
+            assert_eq!(rt.out(&["delete", "--force", id]).0, 0, "{}", rt.name);
+        }
+        let (_, out, _) = rt.out(&["list", "--format", "json"]);
+        assert_eq!(out.trim(), "null", "{}", rt.name);
+    }
+}
+
+#[test]
+fn pid_file_is_written_before_create_returns() {
+    for rt in runtimes() {
+        let b = bundle_with(&["sleep", "100"]);
+        let id = unique("pf");
+        let pid_file = rt.root.path().join(format!("{id}.pid"));
+        let status = rt
+            .cmd(&[
+                "create",
+                "--bundle",
+                b.path().to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                &id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("create");
+        assert!(status.success(), "{}", rt.name);
+        let text = std::fs::read_to_string(&pid_file).expect("pid file");
+        assert!(!text.ends_with('\n'), "{}: trailing newline", rt.name);
+        let pid: i64 = text.parse().expect("decimal pid");
+        assert_eq!(
+            rt.state(&id).unwrap()["pid"].as_i64(),
+            Some(pid),
+            "{}",
+            rt.name
+        );
+        assert_eq!(rt.out(&["delete", "--force", &id]).0, 0);
+    }
+}
+
+#[test]
+fn single_dash_long_flags_like_go_runc() {
+    let nb = Runtime::nestbox();
+    let b = bundle_with(&["echo", "dash"]);
+    let id = unique("sd");
+    let (code, out, err) = nestbox_tests::run(
+        Command::new(&nb.bin)
+            .arg(format!("-root={}", nb.root.path().display()))
+            .args(["-log-format", "json", "run", "-no-subreaper", "-bundle"])
+            .arg(b.path())
+            .arg(&id),
+    );
+    assert_eq!((code, out.as_str()), (0, "dash\n"), "{err}");
+}
+
+#[test]
+fn version_names_runtime_and_spec() {
+    let (code, out, _) = nestbox_tests::run(Command::new(bin("nestbox")).arg("--version"));
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    assert!(
+        lines.next().unwrap_or("").starts_with("nestbox version "),
+        "{out}"
+    );
+    assert!(lines.next().unwrap_or("").starts_with("spec: 1."), "{out}");
+}
