@@ -217,6 +217,20 @@ struct Undo {
     spoofchk: bool,
 }
 
+/// DAD off unless `enabledad` (waiting for DAD made ADDs take seconds), arp_notify on.
+fn container_sysctls(ns: &NetNs, ifname: &str, enabledad: bool) -> Result<()> {
+    ns.run(|| {
+        if enabledad {
+            let _ = std::fs::write(sysctl::iface_path("ipv6", ifname, "enhanced_dad"), "1");
+            let _ = std::fs::write(sysctl::iface_path("ipv6", ifname, "accept_dad"), "1");
+        } else {
+            let _ = std::fs::write(sysctl::iface_path("ipv6", ifname, "accept_dad"), "0");
+        }
+        let _ = std::fs::write(sysctl::iface_path("ipv4", ifname, "arp_notify"), "1");
+    })
+    .map_err(|e| Error::internal(e.to_string()))
+}
+
 /// `net.ipv4.ip_forward` / `net.ipv6.conf.all.forwarding`.
 fn enable_forward(v6: bool) -> Result<()> {
     let p = if v6 {
@@ -439,6 +453,8 @@ impl Bridge {
             .link_by_name(&args.ifname)
             .map_err(nl_err("lookup"))?
             .ok_or_else(|| Error::internal(format!("failed to lookup {:?}", args.ifname)))?;
+        // Before the link is up: its link-local address must not start DAD either.
+        container_sysctls(&ns, &args.ifname, n.enabledad)?;
         if !n.disable_container_interface {
             cnl.set_up(cont.index, true)
                 .map_err(nl_err("set container interface up"))?;
@@ -487,7 +503,7 @@ impl Bridge {
             }
 
             if !n.disable_container_interface {
-                self.configure_container(&ns, &mut cnl, &cont, args, n, &result)?;
+                self.configure_container(&mut cnl, &cont, args, n, &result)?;
             }
 
             if n.is_gw {
@@ -557,29 +573,12 @@ impl Bridge {
     /// Addresses, sysctls and routes inside the pod's netns.
     fn configure_container(
         &self,
-        ns: &NetNs,
         cnl: &mut Netlink,
         cont: &Link,
         args: &CmdArgs,
         n: &Conf,
         result: &CniResult,
     ) -> Result<()> {
-        let ifname = args.ifname.clone();
-        let has_v6 = result.ips.iter().any(|i| i.address.is_ipv6());
-        let enabledad = n.enabledad;
-        ns.run(|| {
-            if has_v6 {
-                if enabledad {
-                    let _ =
-                        std::fs::write(sysctl::iface_path("ipv6", &ifname, "enhanced_dad"), "1");
-                    let _ = std::fs::write(sysctl::iface_path("ipv6", &ifname, "accept_dad"), "1");
-                } else {
-                    let _ = std::fs::write(sysctl::iface_path("ipv6", &ifname, "accept_dad"), "0");
-                }
-            }
-            let _ = std::fs::write(sysctl::iface_path("ipv4", &ifname, "arp_notify"), "1");
-        })
-        .map_err(|e| Error::internal(e.to_string()))?;
         for ip in &result.ips {
             match cnl.add_addr(cont.index, ip.address, !n.enabledad) {
                 Ok(()) => {}
