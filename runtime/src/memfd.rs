@@ -2,7 +2,7 @@
 //! /proc/<pid>/exe and overwrite it. Commands that start container processes therefore re-exec
 //! from a sealed in-memory copy of the binary: nothing on disk is reachable through exe.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 
@@ -20,9 +20,8 @@ pub fn ensure_sealed_exe() -> Result<()> {
         std::env::remove_var(SEALED_ENV);
         return Ok(());
     }
-    let name = CStr::from_bytes_with_nul(b"nestbox\0").map_err(|e| Error::Other(e.to_string()))?;
     let fd = memfd_create(
-        name,
+        c"nestbox",
         MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
     )
     .ctx(|| "memfd_create".into())?;

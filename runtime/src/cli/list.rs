@@ -36,10 +36,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<i32> {
             }
         }
         Format::Table => {
-            println!(
-                "{:<12}{:<12}{:<12}{:<12}{:<12}{}",
-                "ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"
-            );
+            println!("ID          PID         STATUS      BUNDLE      CREATED     OWNER");
             for (s, st) in &containers {
                 let pid = if *st == nestbox_runtime::state::Status::Stopped {
                     0
