@@ -1,0 +1,166 @@
+//! Bridge behaviours beyond the reference comparison: dual-stack, requested IP and MAC,
+//! MTU, hairpin and port isolation, masquerade that really NATs (nftables and iptables
+//! backends), gateway address conflicts, and a failed ADD that undoes everything.
+
+mod cni_common;
+
+use cni_common::*;
+use nestbox_tests::{veth_between, NetNs, TempDir};
+use serde_json::json;
+
+#[test]
+fn dual_stack_pod_gets_requested_ip_mac_and_mtu() {
+    require_cni_tools();
+    let node = NetNs::new("brn");
+    let pod = NetNs::new("brp");
+    let data = TempDir::new("cnids");
+    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
+    let exe = pd.path().join("bridge");
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "ds", "type": "bridge", "bridge": "dsbr0",
+        "isDefaultGateway": true, "mtu": 1400, "hairpinMode": true, "portIsolation": true,
+        "runtimeConfig": {"mac": "02:11:22:33:44:55", "ips": ["10.70.0.50/24"]},
+        "ipam": {"type": "host-local", "dataDir": data.path().display().to_string(),
+                 "ranges": [[{"subnet": "10.70.0.0/24"}], [{"subnet": "fd00:70::/64"}]]}
+    });
+    let netns = pod.path().display().to_string();
+    let r = Call::new("ADD", "ds1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    assert_eq!(r["ips"][0]["address"], "10.70.0.50/24");
+    assert_eq!(r["ips"][1]["address"], "fd00:70::2/64");
+    assert_eq!(r["interfaces"][2]["mac"], "02:11:22:33:44:55");
+    assert_eq!(r["interfaces"][2]["mtu"], 1400);
+    let routes: Vec<&str> = r["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter_map(|x| x["dst"].as_str())
+        .collect();
+    assert_eq!(routes, vec!["0.0.0.0/0", "::/0"]);
+    let link = pod.exec_ok(&["ip", "-d", "link", "show", "eth0"]);
+    assert!(
+        link.contains("mtu 1400") && link.contains("02:11:22:33:44:55"),
+        "{link}"
+    );
+    let port = node.exec_ok(&["bridge", "-d", "link", "show"]);
+    assert!(
+        port.contains("hairpin on") && port.contains("isolated on"),
+        "{port}"
+    );
+    assert!(pod
+        .exec(&["ping", "-c1", "-W2", "10.70.0.1"])
+        .status
+        .success());
+    assert!(pod
+        .exec(&["ping", "-6", "-c1", "-W2", "fd00:70::1"])
+        .status
+        .success());
+    // No DAD on the pod's addresses (enabledad defaults to false).
+    assert!(!pod
+        .exec_ok(&["ip", "-6", "addr", "show", "dev", "eth0"])
+        .contains("tentative"));
+    Call::new("DEL", "ds1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    assert!(ip_files(data.path(), "ds").is_empty());
+}
+
+/// A node with an "outside" peer on 192.0.2.0/24 that has no route back to the pods:
+/// a pod reaches it only when masqueraded.
+fn masquerade_reaches_outside(backend: &str) {
+    let node = NetNs::new("mqn");
+    let outside = NetNs::new("mqo");
+    let pod = NetNs::new("mqp");
+    veth_between(&node, "up0", &outside, "up1");
+    node.exec_ok(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"]);
+    outside.exec_ok(&["ip", "addr", "add", "192.0.2.2/24", "dev", "up1"]);
+    let data = TempDir::new("cnimasq");
+    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
+    let exe = pd.path().join("bridge");
+    let mut conf = bridge_conf("1.0.0", "mq", "mqbr0", "10.71.0.0/24", data.path());
+    conf["ipMasqBackend"] = json!(backend);
+    let netns = pod.path().display().to_string();
+    Call::new("ADD", "mq1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    assert!(
+        pod.exec(&["ping", "-c1", "-W2", "192.0.2.2"])
+            .status
+            .success(),
+        "{backend}: the pod cannot reach the outside peer (not masqueraded?)"
+    );
+    Call::new("DEL", "mq1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    if backend == "nftables" {
+        assert_eq!(masq_rules(&node), 0);
+    } else {
+        let nat = node.exec_ok(&["iptables", "-t", "nat", "-S"]);
+        assert!(!nat.contains("CNI-"), "iptables rules left: {nat}");
+    }
+}
+
+#[test]
+fn masquerade_with_nftables_lets_pods_reach_outside() {
+    require_cni_tools();
+    masquerade_reaches_outside("nftables");
+}
+
+#[test]
+fn masquerade_with_iptables_lets_pods_reach_outside() {
+    require_cni_tools();
+    masquerade_reaches_outside("iptables");
+}
+
+#[test]
+fn a_foreign_gateway_address_on_the_bridge_is_refused_unless_forced() {
+    require_cni_tools();
+    let node = NetNs::new("gwn");
+    let pod = NetNs::new("gwp");
+    let data = TempDir::new("cnigw");
+    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
+    let exe = pd.path().join("bridge");
+    node.exec_ok(&["ip", "link", "add", "gwbr0", "type", "bridge"]);
+    node.exec_ok(&["ip", "addr", "add", "10.72.9.1/24", "dev", "gwbr0"]);
+    let mut conf = bridge_conf("1.0.0", "gw", "gwbr0", "10.72.0.0/24", data.path());
+    let netns = pod.path().display().to_string();
+    let r = Call::new("ADD", "gw1", &netns, "eth0", pd.path()).run(Some(&node), &exe, &conf);
+    assert!(
+        r.code != 0
+            && r.stdout
+                .contains("already has an IP address different from"),
+        "{}",
+        r.stdout
+    );
+    // The failed ADD undid everything: no veth, no reservation, no rule, no pod link.
+    assert!(veths(&node).is_empty());
+    assert!(ip_files(data.path(), "gw").is_empty());
+    assert_eq!(masq_rules(&node), 0);
+    assert!(!pod.exec_ok(&["ip", "-o", "link"]).contains("eth0"));
+    conf["forceAddress"] = json!(true);
+    Call::new("ADD", "gw1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    let addrs = node.exec_ok(&["ip", "-4", "addr", "show", "gwbr0"]);
+    assert!(
+        addrs.contains("10.72.0.1/24") && !addrs.contains("10.72.9.1"),
+        "{addrs}"
+    );
+    Call::new("DEL", "gw1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+}
+
+#[test]
+fn hairpin_with_promiscuous_mode_is_invalid_config() {
+    require_cni_tools();
+    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
+    let conf = json!({"cniVersion": "1.0.0", "name": "x", "type": "bridge", "hairpinMode": true, "promiscMode": true, "ipam": {}});
+    let r = Call::new("ADD", "x", "/run/netns/none", "eth0", pd.path()).run(
+        None,
+        &pd.path().join("bridge"),
+        &conf,
+    );
+    assert_eq!(r.err_code(), 7);
+}
