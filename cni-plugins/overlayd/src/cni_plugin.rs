@@ -25,6 +25,9 @@ struct Conf {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     delegate: Option<Map<String, Value>>,
+    /// Base IPAM config (flannel merges its ranges and routes into it).
+    #[serde(default)]
+    ipam: Option<Map<String, Value>>,
 }
 
 /// `nestbox-vxlan` / `nestbox-host-gw` (same behaviour: the agent's backend decides).
@@ -42,7 +45,12 @@ fn saved_path(c: &Conf, container_id: &str) -> PathBuf {
 }
 
 /// flannel's delegate config for this node's subnet.env.
-pub fn delegate_conf(args: &CmdArgs, env: &SubnetEnv, user: Option<&Map<String, Value>>) -> Value {
+pub fn delegate_conf(
+    args: &CmdArgs,
+    env: &SubnetEnv,
+    user: Option<&Map<String, Value>>,
+    ipam_base: Option<&Map<String, Value>>,
+) -> Value {
     let mut d = Map::new();
     d.insert("type".into(), json!("nestbox-bridge"));
     if let Some(user) = user {
@@ -58,11 +66,14 @@ pub fn delegate_conf(args: &CmdArgs, env: &SubnetEnv, user: Option<&Map<String, 
     }
     d.entry("mtu").or_insert(json!(env.mtu));
     d.entry("ipMasq").or_insert(json!(!env.ipmasq));
-    d.entry("ipam").or_insert(json!({
-        "type": "nestbox-host-local",
-        "ranges": [[{"subnet": env.subnet.to_string()}]],
-        "routes": [{"dst": env.network.to_string()}],
-    }));
+    let mut ipam = ipam_base.cloned().unwrap_or_default();
+    ipam.entry("type").or_insert(json!("nestbox-host-local"));
+    // FLANNEL_SUBNET parsed as a CIDR, i.e. its network (flannel's Go ParseCIDR does the same).
+    ipam.entry("ranges")
+        .or_insert(json!([[{"subnet": env.lease().to_string()}]]));
+    ipam.entry("routes")
+        .or_insert(json!([{"dst": env.network.to_string()}]));
+    d.entry("ipam").or_insert(Value::Object(ipam));
     if let Some(rc) = args.raw.get("runtimeConfig") {
         d.entry("runtimeConfig").or_insert(rc.clone());
     }
@@ -112,7 +123,7 @@ impl Plugin for OverlayPlugin {
                 "subnet.env not written yet: the overlay agent (nestbox-overlayd) is not running or still starting",
             )
         })?;
-        let d = delegate_conf(args, &env, c.delegate.as_ref());
+        let d = delegate_conf(args, &env, c.delegate.as_ref(), c.ipam.as_ref());
         let bytes = serde_json::to_vec(&d).map_err(|e| Error::internal(e.to_string()))?;
         write_atomic(&saved_path(&c, &args.container_id), &bytes)?;
         let out = exec_delegate(args, &d, "ADD")?;

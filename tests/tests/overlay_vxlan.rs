@@ -1,0 +1,133 @@
+//! VXLAN overlay end to end: three node namespaces on an underlay switch, etcd leases,
+//! `nestbox-overlayd` on each node, pods attached through `nestbox-vxlan`; every pod
+//! reaches every other pod, and each node's kernel state is flannel's layout field by
+//! field (device, address, neighbours, FDB, onlink routes, subnet.env, masquerade table).
+
+mod overlay_common;
+
+use overlay_common::*;
+use serde_json::Value;
+
+#[test]
+fn vxlan_pods_reach_each_other_and_nodes_hold_flannels_layout() {
+    let mut c = Cluster::new(3, VXLAN_CONF, &["--ip-masq"]);
+    c.start_all();
+    for i in 0..3 {
+        c.add_pod(i, "nestbox-vxlan");
+    }
+    let leases = c.etcd.leases();
+    assert_eq!(leases.len(), 3, "three leases: {leases:?}");
+    for i in 0..3 {
+        if let Err(e) = wait_vxlan_layout(&c, i, 10) {
+            panic!("node {i}: {e}\nlog:\n{}", c.nodes[i].log());
+        }
+    }
+    assert_full_mesh(&c);
+
+    for node in &c.nodes {
+        let (subnet, lease) = c.etcd.lease_of(&node.ip).expect("a lease per node");
+        // subnet.env
+        assert_eq!(
+            node.env_value("FLANNEL_NETWORK").as_deref(),
+            Some("10.244.0.0/16")
+        );
+        assert_eq!(node.env_value("FLANNEL_MTU").as_deref(), Some("1450"));
+        assert_eq!(node.env_value("FLANNEL_IPMASQ").as_deref(), Some("true"));
+        let env_subnet = node.env_value("FLANNEL_SUBNET").expect("FLANNEL_SUBNET");
+        assert_eq!(lease_of_env(&env_subnet), subnet);
+        assert!(
+            env_subnet.starts_with(&subnet[..subnet.len() - 4]) && env_subnet.contains(".1/"),
+            "{env_subnet}"
+        );
+        // the lease
+        assert_eq!(lease["BackendType"], "vxlan");
+        assert_eq!(lease["BackendData"]["VNI"], 1);
+        // the device
+        let l = link_json(node, "flannel.1");
+        let data = &l["linkinfo"]["info_data"];
+        assert_eq!(l["linkinfo"]["info_kind"], "vxlan", "{l}");
+        assert_eq!(data["id"], 1);
+        assert_eq!(data["local"], node.ip.as_str());
+        assert_eq!(data["port"], 8472);
+        assert_eq!(data["learning"], false);
+        assert_eq!(data["link"], "eth0");
+        assert_eq!(l["mtu"], 1450);
+        assert_eq!(l["address"], lease["BackendData"]["VtepMAC"]);
+        let addrs = node.json(&["ip", "-j", "-4", "addr", "show", "dev", "flannel.1"]);
+        let got: Vec<String> = addrs[0]["addr_info"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![format!("{}/32", subnet.split('/').next().unwrap_or(""))]
+        );
+        // masquerade table (flannel's rules)
+        let nft = node
+            .ns
+            .exec_ok(&["nft", "list", "table", "ip", "nestbox-overlay"]);
+        assert!(
+            nft.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade"),
+            "{nft}"
+        );
+        assert!(
+            nft.contains(&format!(
+                "ip saddr != 10.244.0.0/16 ip daddr {subnet} return"
+            )),
+            "{nft}"
+        );
+    }
+}
+
+#[test]
+fn vxlan_mtu_lets_1422_byte_pings_through_and_refuses_larger_locally() {
+    let mut c = Cluster::new(2, VXLAN_CONF, &[]);
+    c.start_all();
+    c.add_pod(0, "nestbox-vxlan");
+    let target = c.add_pod(1, "nestbox-vxlan");
+    for i in 0..2 {
+        wait_vxlan_layout(&c, i, 10).unwrap_or_else(|e| panic!("node {i}: {e}"));
+    }
+    let src = &c.nodes[0].pods[0].ns;
+    let mut out = String::new();
+    let ok = eventually(10, || {
+        let (ok, o) = ping(src, &target, &["-M", "do", "-s", "1422"]);
+        out = o;
+        ok
+    });
+    assert!(ok, "1422-byte DF ping should cross VXLAN (1450 MTU): {out}");
+    let (ok, out) = ping(src, &target, &["-M", "do", "-s", "1423"]);
+    assert!(!ok, "1423-byte DF ping must not pass: {out}");
+    assert!(
+        out.contains("message too long"),
+        "expected a local EMSGSIZE: {out}"
+    );
+}
+
+#[test]
+fn cni_plugin_answers_try_again_later_while_subnet_env_is_missing() {
+    let c = Cluster::new(1, VXLAN_CONF, &[]);
+    let node = &c.nodes[0];
+    let pod = nestbox_tests::NetNs::new("opd");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "ovltest", "type": "nestbox-vxlan",
+        "subnetFile": node.env_path(), "dataDir": node.dir.path().join("flannel"),
+    });
+    let (code, out, _) = cni(
+        node,
+        &c.cni_bin,
+        "ADD",
+        "ctr1",
+        &pod.path().display().to_string(),
+        &conf,
+    );
+    assert_ne!(code, 0);
+    let v: Value = serde_json::from_str(&out).expect("error JSON");
+    assert_eq!(v["code"], 11, "{out}");
+    // DEL of something never added succeeds.
+    let (code, out, _) = cni(node, &c.cni_bin, "DEL", "ctr1", "", &conf);
+    assert_eq!(code, 0, "{out}");
+}
