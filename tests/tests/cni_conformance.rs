@@ -76,14 +76,12 @@ fn add_check_del_match_the_reference_for_every_version() {
     require_cni_tools();
     for version in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let ours = lifecycle(Impl::Ours, version);
-        assert_eq!(
+        assert!(
             ours.check_ok.unwrap_or(true),
-            true,
             "ours {version}: CHECK after ADD failed"
         );
-        assert_eq!(
+        assert!(
             ours.check_after_addr_removed_fails.unwrap_or(true),
-            true,
             "ours {version}: CHECK passed without the address"
         );
         assert!(ours.del_twice, "ours {version}: DEL twice");
