@@ -471,3 +471,207 @@ fn version_names_runtime_and_spec() {
     );
     assert!(lines.next().unwrap_or("").starts_with("spec: 1."), "{out}");
 }
+
+#[test]
+fn user_namespace_maps_ids() {
+    let mut b = bundle_with(&[
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map /proc/self/gid_map; id; stat -c %u:%g /bin/busybox",
+    ]);
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.config["linux"]["uidMappings"] = map.clone();
+    b.config["linux"]["gidMappings"] = map;
+    b.write();
+    let (code, out) = run_both(&b);
+    assert_eq!(code, 0);
+    let squashed: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    // Host root owns the rootfs: unmapped inside, so it shows as the overflow id.
+    assert_eq!(
+        squashed,
+        [
+            "0 100000 65536",
+            "0 100000 65536",
+            "uid=0(root) gid=0(root)",
+            "65534:65534"
+        ]
+    );
+}
+
+/// Receive one fd and the payload over a unix stream (the console-socket protocol).
+fn recv_fd(stream: &std::os::unix::net::UnixStream) -> (String, std::os::fd::OwnedFd) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 4096];
+    let mut cmsg = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header that we then fill in.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    // SAFETY: msg points at live buffers sized as declared.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
+    assert!(
+        n > 0,
+        "recvmsg on the console socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel filled msg_control; CMSG_FIRSTHDR/CMSG_DATA walk it as documented.
+    let fd = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!c.is_null(), "no control message (SCM_RIGHTS) received");
+        assert_eq!((*c).cmsg_type, libc::SCM_RIGHTS);
+        std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32)
+    };
+    // SAFETY: SCM_RIGHTS gave us a new fd that we now own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    (String::from_utf8_lossy(&buf[..n as usize]).into_owned(), fd)
+}
+
+#[test]
+fn terminal_through_console_socket() {
+    use std::io::Read;
+    let mut outputs = Vec::new();
+    for rt in runtimes() {
+        let mut b = bundle_with(&[
+            "sh",
+            "-c",
+            "tty; [ -t 0 ] && [ -t 1 ] && echo tty-stdio; stat -c %t:%T /dev/console",
+        ]);
+        b.config["process"]["terminal"] = json!(true);
+        b.write();
+        let sock_path = rt.root.path().join("console.sock");
+        let listener =
+            std::os::unix::net::UnixListener::bind(&sock_path).expect("bind console socket");
+        let id = unique("tty");
+        let status = rt
+            .cmd(&[
+                "create",
+                "--bundle",
+                b.path().to_str().unwrap(),
+                "--console-socket",
+                sock_path.to_str().unwrap(),
+                &id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("create");
+        assert!(
+            status.success(),
+            "{}: create with a console socket",
+            rt.name
+        );
+        let (stream, _) = listener.accept().expect("accept");
+        let (name, master) = recv_fd(&stream);
+        assert!(
+            name.starts_with("/dev/"), // runc sends /dev/ptmx, nestbox /dev/pts/N,
+            "{}: payload {name:?}",
+            rt.name
+        );
+        assert_eq!(rt.out(&["start", &id]).0, 0, "{}: start", rt.name);
+        let mut master = File::from(master);
+        let mut out = Vec::new();
+        // Reading the master ends with EIO once the container's side is closed.
+        let _ = master.read_to_end(&mut out);
+        let _ = rt.out(&["delete", "--force", &id]);
+        outputs.push((rt.name, String::from_utf8_lossy(&out).into_owned()));
+    }
+    assert_eq!(outputs[0].1, outputs[1].1, "{outputs:?}");
+    assert!(
+        outputs[1]
+            .1
+            .starts_with("/dev/pts/0\r\ntty-stdio\r\n88:0\r\n"),
+        "{outputs:?}"
+    );
+}
+
+#[test]
+fn preserve_fds_passes_extra_fds() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    for rt in runtimes() {
+        let b = bundle_with(&[
+            "sh",
+            "-c",
+            "echo via-fd3 >&3; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+        ]);
+        let (mut reader, writer) = std::io::pipe().expect("pipe");
+        let wfd = writer.as_raw_fd();
+        let id = unique("pf");
+        let mut cmd = rt.cmd(&[
+            "run",
+            "--preserve-fds",
+            "1",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ]);
+        // SAFETY: only dup2 (async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(wfd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (code, out, err) = nestbox_tests::run(&mut cmd);
+        drop(writer);
+        let mut got = String::new();
+        reader.read_to_string(&mut got).expect("read pipe");
+        assert_eq!(code, 0, "{}: {err}", rt.name);
+        assert_eq!(got, "via-fd3\n", "{}", rt.name);
+        // Only stdio, the preserved fd and ls's own directory fd.
+        assert_eq!(out.trim(), "0 1 2 3 4", "{}", rt.name);
+    }
+}
+
+#[test]
+fn no_pivot_runs_the_container() {
+    for rt in runtimes() {
+        let b = bundle_with(&["sh", "-c", "echo pivotless; ls /"]);
+        let id = unique("np");
+        let (code, out, err) = rt.out(&[
+            "run",
+            "--no-pivot",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ]);
+        assert_eq!(code, 0, "{}: {err}", rt.name);
+        assert!(
+            out.starts_with("pivotless\n") && out.contains("bin\n"),
+            "{}: {out}",
+            rt.name
+        );
+    }
+}
+
+#[test]
+fn network_namespace_joined_by_path() {
+    use std::os::unix::fs::MetadataExt;
+    let netns = nestbox_tests::NetNs::new("rtn");
+    let inode = std::fs::metadata(netns.path()).expect("netns file").ino();
+    let mut b = bundle_with(&["readlink", "/proc/self/ns/net"]);
+    for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = json!(netns.path());
+        }
+    }
+    b.write();
+    assert_eq!(run_both(&b), (0, format!("net:[{inode}]\n")));
+}
