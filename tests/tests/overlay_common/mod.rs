@@ -366,6 +366,17 @@ impl Cluster {
         }
     }
 
+    /// Start the agents of the first `n` nodes and wait for their subnet.env.
+    pub fn start_all_but(&mut self, n: usize) {
+        let url = self.etcd.url();
+        for node in self.nodes.iter_mut().take(n) {
+            node.start_agent(&url);
+        }
+        for node in self.nodes.iter().take(n) {
+            node.wait_env();
+        }
+    }
+
     /// Run our overlay CNI plugin for a new pod on node `i`; returns the pod's IP.
     pub fn add_pod(&mut self, i: usize, plugin: &str) -> String {
         let node = &self.nodes[i];

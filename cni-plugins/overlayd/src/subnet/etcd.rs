@@ -225,7 +225,7 @@ impl SubnetManager for EtcdSubnetManager {
                 tracing::info!(%subnet, "leased subnet");
                 return self.reread(subnet, attrs);
             }
-            tracing::debug!(%subnet, "subnet taken meanwhile, trying another");
+            tracing::info!(%subnet, "subnet taken meanwhile (compare-and-swap lost), trying another");
         }
         Err(Error::Exhausted(config.network.to_string()))
     }
