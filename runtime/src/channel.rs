@@ -1,8 +1,9 @@
 //! Messages between the runtime (parent) and the container's init (child) during `create`.
 //!
 //! A SOCK_SEQPACKET socketpair: one message per datagram, so no framing. The sequence is
-//! parent → `Go` (after cgroup placement and id maps), init → `Ready` (namespaces and rootfs
-//! set up, waiting for `start`) or `Failed(reason)`.
+//! parent → `Go` (after cgroup placement and id maps), [init → `NamespacesReady`, parent →
+//! `Continue(state)` around the runtime-side hooks, only when the spec has hooks], init →
+//! `Ready` (namespaces and rootfs set up, waiting for `start`) or `Failed(reason)`.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -14,6 +15,10 @@ use crate::error::{Context, Error, Result};
 pub enum Message {
     /// Parent to init: you are in the cgroup and your id maps are written; carry on.
     Go,
+    /// Init to parent: namespaces exist, time for the prestart/createRuntime hooks.
+    NamespacesReady,
+    /// Parent to init: hooks done; the payload is the state JSON for init's own hooks.
+    Continue(String),
     /// Init to parent: set up and waiting on the exec socket.
     Ready,
     /// Init to parent: setup failed, with a one-line reason.
@@ -25,6 +30,12 @@ impl Message {
         match self {
             Message::Go => b"G".to_vec(),
             Message::Ready => b"R".to_vec(),
+            Message::NamespacesReady => b"N".to_vec(),
+            Message::Continue(m) => {
+                let mut v = b"C".to_vec();
+                v.extend_from_slice(m.as_bytes());
+                v
+            }
             Message::Failed(m) => {
                 let mut v = b"F".to_vec();
                 v.extend_from_slice(m.as_bytes());
@@ -37,6 +48,8 @@ impl Message {
         match buf.split_first() {
             Some((b'G', _)) => Ok(Message::Go),
             Some((b'R', _)) => Ok(Message::Ready),
+            Some((b'N', _)) => Ok(Message::NamespacesReady),
+            Some((b'C', m)) => Ok(Message::Continue(String::from_utf8_lossy(m).into_owned())),
             Some((b'F', m)) => Ok(Message::Failed(String::from_utf8_lossy(m).into_owned())),
             Some(_) => Err(Error::Other("sync channel: unknown message".into())),
             None => Err(Error::Other(

@@ -146,6 +146,11 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         let (typ, fd) = joins.remove(pos);
         crate::namespaces::join(typ, &fd)?;
     }
+    // A new time namespace applies to children only: unshare it here so init is born in it.
+    if namespaces.has_new(LinuxNamespaceType::Time) {
+        nix::sched::unshare(crate::namespaces::clone_flag(LinuxNamespaceType::Time))
+            .ctx(|| "unsharing the time namespace".into())?;
+    }
     let (parent_end, init_end) = channel::pair()?;
     let config = InitConfig {
         spec: &bundle.spec,
@@ -165,13 +170,6 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     if namespaces.has_new(LinuxNamespaceType::User) {
         process::write_id_maps(pid, &bundle.spec)?;
     }
-    channel.send(&Message::Go)?;
-    match channel.recv()? {
-        Message::Ready => {}
-        Message::Failed(reason) => return Err(Error::Init(reason)),
-        Message::Go => return Err(Error::Other("sync channel: unexpected Go".into())),
-    }
-
     let (_, start_time) = state::proc_stat(pid.as_raw())
         .ok_or_else(|| Error::Init("container init exited during create".into()))?;
     let state = State {
@@ -185,7 +183,28 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         annotations: bundle.spec.annotations().clone().unwrap_or_default(),
         init_start_time: start_time,
         cgroup: Some(cgroup),
+        hooks: bundle.spec.hooks().clone(),
     };
+    channel.send(&Message::Go)?;
+    loop {
+        match channel.recv()? {
+            Message::Ready => break,
+            Message::NamespacesReady => {
+                let hooks = state.hooks.as_ref();
+                let json = state.oci_json(Status::Creating);
+                crate::hooks::run("prestart", hooks.and_then(|h| h.prestart().as_ref()), &json)?;
+                crate::hooks::run(
+                    "createRuntime",
+                    hooks.and_then(|h| h.create_runtime().as_ref()),
+                    &json,
+                )?;
+                channel.send(&Message::Continue(state.oci_json(Status::Created)))?;
+            }
+            Message::Failed(reason) => return Err(Error::Init(reason)),
+            other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
+        }
+    }
+
     state.save(&dir)?;
     if let Some(pid_file) = &opts.pid_file {
         state::write_atomic(pid_file, pid.as_raw().to_string().as_bytes())?;
@@ -253,6 +272,8 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     if !reply.is_empty() {
         return Err(Error::Init(reply));
     }
+    let hooks = state.hooks.as_ref().and_then(|h| h.poststart().as_ref());
+    crate::hooks::run_warn("poststart", hooks, &state.oci_json(Status::Running));
     Ok(())
 }
 
@@ -375,7 +396,10 @@ fn destroy(state: &State, dir: &Path) -> Result<()> {
         }
         cg.destroy()?;
     }
-    std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", shown(dir)))
+    std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", shown(dir)))?;
+    let hooks = state.hooks.as_ref().and_then(|h| h.poststop().as_ref());
+    crate::hooks::run_warn("poststop", hooks, &state.oci_json(Status::Stopped));
+    Ok(())
 }
 
 /// Wait for our child init to exit; returns its exit code (128+signal when killed).

@@ -8,6 +8,7 @@ pub mod channel;
 pub mod console;
 pub mod container;
 pub mod error;
+pub mod hooks;
 pub mod logging;
 pub mod memfd;
 pub mod namespaces;

@@ -56,6 +56,9 @@ pub struct State {
     /// Field 22 of /proc/<pid>/stat when init was started.
     pub init_start_time: u64,
     pub cgroup: Option<Cgroup>,
+    /// The spec's hooks: poststart and poststop run from later commands.
+    #[serde(default)]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// `nestbox state` / `list --format json` output: runc's field names and order.
@@ -106,6 +109,11 @@ impl State {
             Some(Ok(true)) => Status::Paused,
             _ => Status::Running,
         }
+    }
+
+    /// The OCI state as JSON (what `state` prints and hooks read on stdin).
+    pub fn oci_json(&self, status: Status) -> String {
+        serde_json::to_string(&self.oci(status)).unwrap_or_default()
     }
 
     pub fn oci(&self, status: Status) -> OciState<'_> {

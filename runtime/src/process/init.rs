@@ -63,6 +63,18 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     unshare(unshare_flags).ctx(|| "unsharing namespaces".into())?;
     set_hostname(spec, ns)?;
     apply_sysctl(spec)?;
+    // Runtime-side hooks (e.g. network setup) need our namespaces to exist: pause for them.
+    let hooks = spec.hooks().as_ref();
+    let state_json = match hooks {
+        Some(_) => {
+            channel.send(&Message::NamespacesReady)?;
+            match channel.recv()? {
+                Message::Continue(json) => json,
+                other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
+            }
+        }
+        None => String::new(),
+    };
 
     if !ns.has_new(LinuxNamespaceType::Mount) {
         return Err(Error::Spec(
@@ -76,6 +88,11 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
         cgroup_binds: &cgroup_binds,
         in_userns,
     })?;
+    crate::hooks::run(
+        "createContainer",
+        hooks.and_then(|h| h.create_container().as_ref()),
+        &state_json,
+    )?;
     rootfs::enter(config.rootfs, config.no_pivot)?;
     nix::unistd::setsid().ctx(|| "setsid".into())?;
     if process.terminal().unwrap_or(false) {
@@ -107,7 +124,14 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     channel.send(&Message::Ready)?;
     let conn = wait_for_start(&config.exec_listener)?;
     drop(config.exec_listener);
-    let err = match finalize(spec, process, &exe, &args, &env, config.preserve_fds) {
+    let started = crate::hooks::run(
+        "startContainer",
+        hooks.and_then(|h| h.start_container().as_ref()),
+        &state_json,
+    );
+    let err = match started
+        .and_then(|()| finalize(spec, process, &exe, &args, &env, config.preserve_fds))
+    {
         Ok(never) => match never {},
         Err(e) => e,
     };
