@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
@@ -121,6 +122,10 @@ impl Agent {
             return Ok(());
         };
         let masq_backend = MasqBackend::detect();
+        let (tx, changed) = std::sync::mpsc::channel();
+        if let Err(e) = self.sm.watch(tx) {
+            tracing::warn!(error = %e, "watching leases failed; polling only");
+        }
 
         let mut peers: Vec<Lease> = Vec::new();
         let mut dirty = true;
@@ -204,8 +209,19 @@ impl Agent {
                 dirty = false;
                 next_reconcile = Instant::now() + self.opts.reconcile_interval;
             }
+            // Sleep until the next deadline, a lease change, or (every 100 ms) a stop check.
             let wake = next_poll.min(next_reconcile).min(next_renew);
-            sleep_unless(stop, wake.saturating_duration_since(Instant::now()));
+            let nap = wake
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            match changed.recv_timeout(nap) {
+                Ok(()) => {
+                    while changed.try_recv().is_ok() {}
+                    next_poll = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => sleep_unless(stop, nap),
+            }
         }
         tracing::info!("stopping; kernel state left in place");
         Ok(())

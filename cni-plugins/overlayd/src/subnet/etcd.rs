@@ -7,6 +7,8 @@
 //! 10.244.1.0-24` a node's lease attached to an etcd lease with a TTL. Allocation is a
 //! transaction `create_revision(key) == 0 → put`, so two nodes never get one subnet.
 
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -230,6 +232,19 @@ impl SubnetManager for EtcdSubnetManager {
         Err(Error::Exhausted(config.network.to_string()))
     }
 
+    fn watch(&mut self, changed: Sender<()>) -> Result<(), Error> {
+        let endpoints = self.endpoints.clone();
+        if endpoints.is_empty() {
+            return Err(Error::Store("no etcd endpoints".into()));
+        }
+        let key = self.subnets_prefix();
+        let end = prefix_end(&key);
+        std::thread::Builder::new()
+            .name("etcd-watch".into())
+            .spawn(move || watch_loop(endpoints, key, end, changed))?;
+        Ok(())
+    }
+
     fn renew(&mut self, lease: &Lease) -> Result<bool, Error> {
         let Some(id) = self.lease_id.clone() else {
             return Ok(false);
@@ -246,6 +261,51 @@ impl SubnetManager for EtcdSubnetManager {
             return Ok(false);
         }
         Ok(true)
+    }
+}
+
+/// One watch stream on the subnets prefix (`POST /v3/watch`, newline-delimited JSON
+/// replies); reconnects after errors and idle timeouts.
+fn watch_loop(endpoints: Vec<String>, key: String, range_end: Vec<u8>, tx: Sender<()>) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(2))
+        .timeout_read(Duration::from_secs(30))
+        .build();
+    let body = json!({"create_request": {"key": b64(&key), "range_end": B64.encode(range_end)}});
+    let mut i = 0;
+    loop {
+        let ep = &endpoints[i % endpoints.len()];
+        i += 1;
+        match agent
+            .post(&format!("{ep}/v3/watch"))
+            .send_json(body.clone())
+        {
+            Ok(resp) => {
+                let reader = BufReader::new(resp.into_reader());
+                for line in reader.lines() {
+                    let Ok(line) = line else { break };
+                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    let events = v
+                        .get("result")
+                        .and_then(|r| r.get("events"))
+                        .and_then(|e| e.as_array())
+                        .is_some_and(|e| !e.is_empty());
+                    if events && tx.send(()).is_err() {
+                        return; // the agent is gone
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "etcd watch failed; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        // Changes may have been missed while reconnecting: let the agent re-read.
+        if tx.send(()).is_err() {
+            return;
+        }
     }
 }
 

@@ -24,4 +24,7 @@ pub trait SubnetManager {
     ) -> Result<Lease, Error>;
     /// Keep our lease alive; `Ok(false)` when it is gone and must be acquired again.
     fn renew(&mut self, lease: &Lease) -> Result<bool, Error>;
+    /// Start watching the leases in the background: `changed` is sent to whenever they
+    /// may have changed. The agent polls anyway; this only makes it react sooner.
+    fn watch(&mut self, changed: std::sync::mpsc::Sender<()>) -> Result<(), Error>;
 }
