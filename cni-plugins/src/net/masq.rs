@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use ipnetwork::IpNetwork;
 use sha2::{Digest, Sha256, Sha512};
 
-use super::nft::transact_detached;
+use super::detach::Detached;
+use super::nft::{transact_detached, transact_start};
 use crate::cni::{Error, Result};
 
 pub const NFT_TABLE: &str = "cni_plugins_masquerade";
@@ -111,10 +112,34 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
 
 /// Masquerade `addrs` (pod address with its subnet prefix) for `owner`.
 pub fn setup(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<()> {
+    setup_start(backend, addrs, owner)?.finish()
+}
+
+/// A masquerade setup that may still be in flight (nftables runs in a helper child).
+pub enum Pending {
+    Done,
+    Nft(Detached),
+}
+
+impl Pending {
+    /// Wait for the outcome.
+    pub fn finish(self) -> Result<()> {
+        match self {
+            Pending::Done => Ok(()),
+            Pending::Nft(d) => d
+                .wait()
+                .map_err(|e| Error::internal(format!("nftables masquerade: {e}"))),
+        }
+    }
+}
+
+/// Start [`setup`]; nftables changes proceed while the caller does other work.
+pub fn setup_start(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<Pending> {
     match backend {
         Backend::Nftables => {
             let comment = owner.nft_comment();
-            transact_detached(|nft| nft.add_masquerade(NFT_TABLE, NFT_CHAIN, addrs, &comment))
+            transact_start(|nft| nft.add_masquerade(NFT_TABLE, NFT_CHAIN, addrs, &comment))
+                .map(Pending::Nft)
                 .map_err(|e| Error::internal(format!("nftables masquerade: {e}")))
         }
         Backend::Iptables => {
@@ -185,7 +210,7 @@ pub fn setup(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Result<()>
                     run(ipt, &add, None)?;
                 }
             }
-            Ok(())
+            Ok(Pending::Done)
         }
     }
 }

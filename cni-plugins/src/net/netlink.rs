@@ -8,8 +8,8 @@ use std::os::fd::RawFd;
 
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -154,11 +154,27 @@ impl Netlink {
         })
     }
 
+    /// One request; dumps that a concurrent change interrupted (NLM_F_DUMP_INTR: they may
+    /// have skipped entries) are redone.
     fn request(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        for _ in 0..20 {
+            let (replies, interrupted) = self.request_once(msg.clone(), flags)?;
+            if !interrupted {
+                return Ok(replies);
+            }
+        }
+        Err(io::Error::other("netlink dump kept being interrupted"))
+    }
+
+    fn request_once(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<(Vec<RouteNetlinkMessage>, bool)> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
@@ -172,6 +188,7 @@ impl Netlink {
         self.sock.send(&out, 0)?;
 
         let mut replies = Vec::new();
+        let mut interrupted = false;
         loop {
             let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
             let mut off = 0;
@@ -189,6 +206,9 @@ impl Netlink {
                 off += (len + 3) & !3;
                 let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
                 if m.header.sequence_number != seq {
                     continue;
                 }
@@ -197,9 +217,9 @@ impl Netlink {
                         if e.code.is_some() {
                             return Err(e.to_io());
                         }
-                        return Ok(replies);
+                        return Ok((replies, interrupted));
                     }
-                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::Done(_) => return Ok((replies, interrupted)),
                     NetlinkPayload::InnerMessage(inner) => replies.push(inner),
                     _ => {}
                 }

@@ -24,6 +24,7 @@ const NFT_MSG_DELRULE: u16 = 8;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 2;
@@ -377,8 +378,21 @@ impl Nft {
         })
     }
 
-    /// Rules of `table`/`chain` (empty when the table or chain does not exist).
+    /// Rules of `table`/`chain` (empty when the table or chain does not exist). A dump
+    /// that a concurrent change interrupted (it may have skipped rules) is redone.
     pub fn rules(&mut self, table: &str, chain: &str) -> io::Result<Vec<RuleInfo>> {
+        for _ in 0..50 {
+            if let Some(rules) = self.rules_once(table, chain)? {
+                return Ok(rules);
+            }
+        }
+        Err(io::Error::other(
+            "nftables rule dump kept being interrupted",
+        ))
+    }
+
+    /// One dump; `None` when the kernel flagged it interrupted.
+    fn rules_once(&mut self, table: &str, chain: &str) -> io::Result<Option<Vec<RuleInfo>>> {
         let seq = self.next_seq();
         let mut m = Msg::new(
             (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
@@ -390,6 +404,7 @@ impl Nft {
         m.str(1, table).str(2, chain);
         self.sock.send(&m.finish(), 0)?;
         let mut out = Vec::new();
+        let mut interrupted = false;
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let len = self.sock.recv(&mut &mut buf[..], 0)?;
@@ -398,6 +413,10 @@ impl Nft {
                 let mlen = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
                     as usize;
                 let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
+                if flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
                 let mseq =
                     u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
                 if mlen < 16 || off + mlen > len {
@@ -409,11 +428,11 @@ impl Nft {
                     continue;
                 }
                 match kind {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok((!interrupted).then_some(out)),
                     NLMSG_ERROR => {
                         let code = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
                         if code == 0 || code == -libc::ENOENT {
-                            return Ok(out);
+                            return Ok(Some(out));
                         }
                         return Err(io::Error::from_raw_os_error(-code));
                     }
@@ -488,6 +507,14 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(40);
 /// nor the next nftables change on the node pays for it. The transaction itself is
 /// complete when the answer arrives: nothing is left pending.
 pub fn transact_detached(f: impl FnOnce(&mut Nft) -> io::Result<()>) -> io::Result<()> {
+    transact_start(f).and_then(|d| d.wait())
+}
+
+/// [`transact_detached`] without waiting: the caller collects the answer later, so the
+/// transaction overlaps with its other work.
+pub fn transact_start(
+    f: impl FnOnce(&mut Nft) -> io::Result<()>,
+) -> io::Result<super::detach::Detached> {
     let mut nft = None;
     super::detach::spawn(
         || {
@@ -496,5 +523,4 @@ pub fn transact_detached(f: impl FnOnce(&mut Nft) -> io::Result<()>) -> io::Resu
         },
         || std::thread::sleep(LINGER),
     )
-    .and_then(|d| d.wait())
 }

@@ -214,6 +214,8 @@ struct Undo {
     host_veth: Option<u32>,
     ipam: bool,
     masq: Option<Backend>,
+    /// A masquerade setup still in flight: awaited before any teardown.
+    masq_pending: Option<masq::Pending>,
     spoofchk: bool,
 }
 
@@ -502,6 +504,14 @@ impl Bridge {
                 }
             }
 
+            // Masquerade runs in a helper while we configure the pod and the bridge.
+            if n.ip_masq {
+                let backend = Backend::choose(n.ip_masq_backend.as_deref())?;
+                undo.masq = Some(backend);
+                let addrs: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
+                undo.masq_pending = Some(masq::setup_start(backend, &addrs, &owner(args))?);
+            }
+
             if !n.disable_container_interface {
                 self.configure_container(&mut cnl, &cont, args, n, &result)?;
             }
@@ -526,15 +536,11 @@ impl Bridge {
                     enable_forward(gw.is_ipv6())?;
                 }
             }
-
-            if n.ip_masq {
-                let backend = Backend::choose(n.ip_masq_backend.as_deref())?;
-                undo.masq = Some(backend);
-                let addrs: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
-                masq::setup(backend, &addrs, &owner(args))?;
-            }
         }
 
+        if let Some(p) = undo.masq_pending.take() {
+            p.finish()?;
+        }
         let host = nl
             .link_by_name(&host_name)
             .map_err(nl_err("lookup veth"))?
@@ -650,6 +656,9 @@ impl Plugin for Bridge {
         let mut undo = Undo::default();
         let out = self.add_inner(args, &n, &mut undo);
         if out.is_err() {
+            if let Some(p) = undo.masq_pending.take() {
+                let _ = p.finish();
+            }
             if let Some(b) = undo.masq {
                 let _ = masq::teardown(b, &owner(args));
             }
