@@ -10,7 +10,7 @@ PKGS=(
   busybox-static iproute2 util-linux procps psmisc jq file kmod
   nftables iptables iputils-ping
   # real peers
-  runc crun containerd podman containernetworking-plugins
+  runc crun containerd podman containernetworking-plugins etcd-server openssl
   # benchmarks
   hyperfine time iperf3
 )
