@@ -434,3 +434,43 @@ pub fn cleanup_after_run(root: &Path, id: &str) -> Result<()> {
     let (state, dir) = load(root, id)?;
     destroy(&state, &dir)
 }
+
+/// `pause`: freeze every process of a running container.
+pub fn pause(root: &Path, id: &str) -> Result<()> {
+    let (state, dir) = load(root, id)?;
+    match state.status(&dir) {
+        Status::Running => {}
+        Status::Paused => return Ok(()),
+        _ => return Err(Error::NotRunning(id.into())),
+    }
+    cgroup_of(&state)?.freeze()?;
+    Ok(())
+}
+
+/// `resume`: thaw a paused container.
+pub fn resume(root: &Path, id: &str) -> Result<()> {
+    let (state, dir) = load(root, id)?;
+    if state.status(&dir) != Status::Paused {
+        return Err(Error::WrongState {
+            id: id.into(),
+            msg: "container not paused".into(),
+        });
+    }
+    cgroup_of(&state)?.thaw()?;
+    Ok(())
+}
+
+/// Host pids of every process in the container's cgroup.
+pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
+    let (state, _) = load(root, id)?;
+    let mut pids = cgroup_of(&state)?.pids()?;
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+fn cgroup_of(state: &State) -> Result<&Cgroup> {
+    state
+        .cgroup
+        .as_ref()
+        .ok_or_else(|| Error::Other(format!("container {:?}: no cgroup recorded", state.id)))
+}

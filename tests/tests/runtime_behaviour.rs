@@ -756,3 +756,45 @@ fn pause_binary_exits_zero_on_sigterm_as_pid_1() {
         assert_eq!(status.code(), Some(0), "{}: pause exit", rt.name);
     }
 }
+
+#[test]
+fn container_starts_with_no_blocked_signals_and_sigpipe_not_ignored() {
+    // The ignored set partly comes from the caller (ignored signals survive exec); what the
+    // runtime must not add is a blocked mask or an ignored SIGPIPE (Rust ignores it).
+    let b = bundle_with(&[
+        "sh",
+        "-c",
+        "grep SigBlk /proc/self/status; ign=$(grep SigIgn /proc/self/status | cut -f2); echo $(( 0x$ign & 0x1000 ))",
+    ]);
+    assert_eq!(run_both(&b), (0, "SigBlk:\t0000000000000000\n0\n".into()));
+}
+
+#[test]
+fn pause_resume_and_ps() {
+    let nb = Runtime::nestbox();
+    let b = bundle_with(&["sh", "-c", "sleep 100 & sleep 100"]);
+    let id = unique("pr");
+    assert_eq!(nb.create(&b, &id).0, 0);
+    assert_eq!(nb.out(&["start", &id]).0, 0);
+    let mut last = String::new();
+    let ok = wait_until(10, || {
+        let (_, out, err) = nb.out(&["ps", "--format", "json", &id]);
+        last = format!("{out}{err}");
+        serde_json::from_str::<Vec<i32>>(&out)
+            .map(|p| p.len() == 2)
+            .unwrap_or(false)
+    });
+    // sh and the last sleep (exec'd by sh); the first sleep was forked.
+    assert!(ok, "two processes expected: {last}");
+    assert_eq!(nb.out(&["pause", &id]).0, 0);
+    assert_eq!(nb.status(&id), "paused");
+    assert_eq!(nb.out(&["resume", &id]).0, 0);
+    assert_eq!(nb.status(&id), "running");
+    let (code, table, _) = nb.out(&["ps", &id, ""]);
+    assert_eq!(code, 0);
+    assert!(
+        table.starts_with("UID") && table.matches("sleep 100").count() == 2,
+        "{table}"
+    );
+    assert_eq!(nb.out(&["delete", "--force", &id]).0, 0);
+}

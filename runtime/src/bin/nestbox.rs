@@ -10,6 +10,10 @@ use clap::Parser;
 use nestbox_runtime::logging::{self, Format, LogSink};
 
 fn main() {
+    // Rust starts with SIGPIPE ignored, and an ignored signal survives execve: restore the
+    // default so the container process (and our own output to a closed pipe) behave normally.
+    // SAFETY: setting a signal disposition to SIG_DFL has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = cli::Cli::parse_from(cli::normalise_args(std::env::args_os()));
     let format = match cli.log_format {
         cli::LogFormat::Json => Format::Json,

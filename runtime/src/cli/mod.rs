@@ -3,8 +3,11 @@
 
 pub mod create;
 pub mod delete;
+pub mod features;
 pub mod kill;
 pub mod list;
+pub mod pause;
+pub mod ps;
 pub mod run;
 pub mod spec;
 pub mod start;
@@ -74,6 +77,14 @@ pub enum Command {
     List(list::Args),
     /// Write a default config.json.
     Spec(spec::Args),
+    /// Freeze every process of a container.
+    Pause(pause::Args),
+    /// Thaw a paused container.
+    Resume(pause::Args),
+    /// List the container's processes.
+    Ps(ps::Args),
+    /// Print the runtime's supported features (JSON).
+    Features(features::Args),
 }
 
 /// Long flag names: `-name` / `-name=value` (as go-runc sends them) become `--name`.
@@ -155,6 +166,10 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Delete(a) => delete::run(cli, a),
         Command::List(a) => list::run(cli, a),
         Command::Spec(a) => spec::run(cli, a),
+        Command::Pause(a) => pause::pause(cli, a),
+        Command::Resume(a) => pause::resume(cli, a),
+        Command::Ps(a) => ps::run(cli, a),
+        Command::Features(a) => features::run(cli, a),
     }
 }
 
