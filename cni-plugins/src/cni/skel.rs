@@ -20,6 +20,17 @@ pub enum Command {
 }
 
 impl Command {
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Status => "STATUS",
+            Command::Gc => "GC",
+            Command::Version => "VERSION",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "ADD" => Command::Add,
@@ -211,7 +222,7 @@ fn decode_config(a: &mut CmdArgs) -> Result<()> {
         if !version::at_least(&ver, min) {
             return Err(Error::new(
                 Code::IncompatibleVersion,
-                format!("config version does not allow {:?}", a.command),
+                format!("config version does not allow {}", a.command.name()),
             ));
         }
     }

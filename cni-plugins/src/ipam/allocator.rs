@@ -115,3 +115,76 @@ impl Allocator<'_> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::config::Range;
+
+    fn set(subnet: &str, start: &str, end: &str, gateway: &str) -> RangeSet {
+        vec![Range {
+            subnet: subnet.parse().unwrap(),
+            start: start.parse().unwrap(),
+            end: end.parse().unwrap(),
+            gateway: Some(gateway.parse().unwrap()),
+        }]
+    }
+
+    fn store(tag: &str) -> (std::path::PathBuf, Store) {
+        let d = std::env::temp_dir().join(format!("nestbox-alloc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let s = Store::open(&d).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn allocation_is_round_robin_skips_the_gateway_and_wraps() {
+        let (d, st) = store("rr");
+        let set = set("10.9.0.0/29", "10.9.0.1", "10.9.0.6", "10.9.0.1");
+        let get = |id: &str| {
+            Allocator {
+                set: &set,
+                index: 0,
+                store: &st,
+                existing: &[],
+            }
+            .get(id, "eth0", None)
+            .map(|c| c.address.ip().to_string())
+        };
+        assert_eq!(get("a").unwrap(), "10.9.0.2");
+        assert_eq!(get("b").unwrap(), "10.9.0.3");
+        st.release("a", "eth0").unwrap();
+        // Round robin: continues after the last reserved address, not at the freed one.
+        assert_eq!(get("c").unwrap(), "10.9.0.4");
+        assert_eq!(get("d").unwrap(), "10.9.0.5");
+        assert_eq!(get("e").unwrap(), "10.9.0.6");
+        // Wraps to the freed address; then the set is full.
+        assert_eq!(get("f").unwrap(), "10.9.0.2");
+        assert!(get("g").is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_requested_address_must_be_free_and_in_range() {
+        let (d, st) = store("req");
+        let set = set("10.9.1.0/24", "10.9.1.1", "10.9.1.254", "10.9.1.1");
+        let alloc = Allocator {
+            set: &set,
+            index: 0,
+            store: &st,
+            existing: &[],
+        };
+        let want = |ip: &str| Some(ip.parse().unwrap());
+        assert!(alloc.get("a", "eth0", want("10.9.1.77")).is_ok());
+        assert!(alloc.get("b", "eth0", want("10.9.1.77")).is_err());
+        assert_eq!(
+            alloc.get("b", "eth0", want("10.9.2.5")).unwrap_err().code,
+            7
+        );
+        assert_eq!(
+            alloc.get("b", "eth0", want("10.9.1.1")).unwrap_err().code,
+            7
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
