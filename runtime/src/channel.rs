@@ -83,6 +83,19 @@ impl Channel {
         Ok(())
     }
 
+    /// Receive a message, or None when the other end closed (e.g. by exec: close-on-exec).
+    pub fn recv_or_closed(&self) -> Result<Option<Message>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(0) => return Ok(None),
+                Ok(n) => return Message::decode(&buf[..n]).map(Some),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).ctx(|| "sync channel: receive".into()),
+            }
+        }
+    }
+
     pub fn recv(&self) -> Result<Message> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {

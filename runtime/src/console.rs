@@ -35,6 +35,30 @@ pub fn connect_socket(path: &Path) -> Result<OwnedFd> {
 
 /// Inside the container (after pivot_root and setsid): allocate the pty and hand it over.
 pub fn setup(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
+    let (name, slave) = open_and_send(socket, size)?;
+    let console = Path::new("/dev/console");
+    if std::fs::symlink_metadata(console).is_err() {
+        let _ = std::fs::File::create(console);
+    }
+    mount(
+        Some(name.as_str()),
+        console,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .ctx(|| "bind mounting the pty on /dev/console".into())?;
+    make_stdio(slave)
+}
+
+/// For `exec --tty`: a pty for the new process only (/dev/console stays init's).
+pub fn setup_exec(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
+    let (_, slave) = open_and_send(socket, size)?;
+    make_stdio(slave)
+}
+
+/// Allocate a pty and send the master over `socket`; returns (pty name, slave fd).
+fn open_and_send(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<(String, i32)> {
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .ctx(|| "opening /dev/ptmx".into())?;
     grantpt(&master).ctx(|| "grantpt".into())?;
@@ -66,29 +90,22 @@ pub fn setup(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
         Mode::empty(),
     )
     .ctx(|| format!("opening {name}"))?;
-    let console = Path::new("/dev/console");
-    if std::fs::symlink_metadata(console).is_err() {
-        let _ = std::fs::File::create(console);
-    }
-    mount(
-        Some(name.as_str()),
-        console,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .ctx(|| "bind mounting the pty on /dev/console".into())?;
+    drop(master);
+    Ok((name, slave))
+}
+
+/// The pty slave becomes stdio and the controlling terminal (we are a session leader).
+fn make_stdio(slave: i32) -> Result<()> {
     for target in 0..=2 {
         dup2(slave, target).ctx(|| format!("dup2 pty to fd {target}"))?;
     }
     if slave > 2 {
         let _ = nix::unistd::close(slave);
     }
-    // SAFETY: TIOCSCTTY on fd 0 (now the pty slave) with arg 0; we are a session leader.
+    // SAFETY: TIOCSCTTY on fd 0 (now the pty slave) with arg 0.
     if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
         return Err(std::io::Error::last_os_error())
             .ctx(|| "setting the controlling terminal".into());
     }
-    drop(master);
     Ok(())
 }

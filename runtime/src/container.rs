@@ -474,3 +474,177 @@ fn cgroup_of(state: &State) -> Result<&Cgroup> {
         .as_ref()
         .ok_or_else(|| Error::Other(format!("container {:?}: no cgroup recorded", state.id)))
 }
+
+/// How `exec` describes the new process: a process JSON file, or args plus overrides applied
+/// to the container's own `process` (as runc does).
+#[derive(Debug, Clone, Default)]
+pub struct ExecProcess {
+    pub process_file: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub tty: bool,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<String>,
+    /// `uid[:gid]`.
+    pub user: Option<String>,
+    pub additional_gids: Vec<u32>,
+    pub caps: Vec<String>,
+    pub no_new_privs: bool,
+}
+
+/// Options of `exec`.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub process: ExecProcess,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: i32,
+}
+
+fn build_exec_process(
+    spec: &oci_spec::runtime::Spec,
+    p: &ExecProcess,
+) -> Result<oci_spec::runtime::Process> {
+    if let Some(file) = &p.process_file {
+        let text = std::fs::read_to_string(file)
+            .ctx(|| format!("reading the process file {}", shown(file)))?;
+        return spec::parse_process(&text);
+    }
+    if p.args.is_empty() {
+        return Err(Error::Other(
+            "exec: no command given (args or --process)".into(),
+        ));
+    }
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(p.args.clone()));
+    process.set_terminal(Some(p.tty));
+    if let Some(cwd) = &p.cwd {
+        process.set_cwd(cwd.clone());
+    }
+    let mut env = process.env().clone().unwrap_or_default();
+    for kv in &p.env {
+        let key = kv.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    process.set_env(Some(env));
+    if let Some(user) = &p.user {
+        let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
+        let uid: u32 = uid
+            .parse()
+            .map_err(|_| Error::Other(format!("exec --user {user:?}: expected uid[:gid]")))?;
+        process.user_mut().set_uid(uid);
+        if !gid.is_empty() {
+            let gid: u32 = gid
+                .parse()
+                .map_err(|_| Error::Other(format!("exec --user {user:?}: bad gid")))?;
+            process.user_mut().set_gid(gid);
+        }
+    }
+    if !p.additional_gids.is_empty() {
+        let mut gids = process.user().additional_gids().clone().unwrap_or_default();
+        gids.extend(&p.additional_gids);
+        process.user_mut().set_additional_gids(Some(gids));
+    }
+    if !p.caps.is_empty() {
+        let mut caps = process.capabilities().clone().unwrap_or_default();
+        for name in &p.caps {
+            let cap: oci_spec::runtime::Capability =
+                serde_json::from_value(serde_json::Value::String(name.clone()))
+                    .map_err(|_| Error::Other(format!("exec --cap: unknown capability {name}")))?;
+            for set in [
+                caps.bounding().clone(),
+                caps.effective().clone(),
+                caps.permitted().clone(),
+                caps.ambient().clone(),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let mut s = set.1.clone().unwrap_or_default();
+                s.insert(cap);
+                match set.0 {
+                    0 => caps.set_bounding(Some(s)),
+                    1 => caps.set_effective(Some(s)),
+                    2 => caps.set_permitted(Some(s)),
+                    _ => caps.set_ambient(Some(s)),
+                };
+            }
+        }
+        process.set_capabilities(Some(caps));
+    }
+    if p.no_new_privs {
+        process.set_no_new_privileges(Some(true));
+    }
+    Ok(process)
+}
+
+/// Start a new process in a running container; it is a child of this process.
+pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
+    let (state, dir) = load(root, id)?;
+    match state.status(&dir) {
+        Status::Stopped => {
+            return Err(Error::WrongState {
+                id: id.into(),
+                msg: "cannot exec in a stopped container".into(),
+            })
+        }
+        Status::Paused => {
+            return Err(Error::WrongState {
+                id: id.into(),
+                msg: "cannot exec in a paused container".into(),
+            })
+        }
+        _ => {}
+    }
+    let bundle = spec::load_bundle(&state.bundle)?;
+    let process = build_exec_process(&bundle.spec, &opts.process)?;
+    let mut joins = process::exec::namespaces_to_join(state.pid)?;
+    let console = match (&opts.console_socket, process.terminal().unwrap_or(false)) {
+        (Some(path), true) => Some(crate::console::connect_socket(path)?),
+        (None, true) => {
+            return Err(Error::Other(
+                "exec with a terminal: --console-socket is required".into(),
+            ))
+        }
+        _ => None,
+    };
+    if let Some(pos) = joins
+        .iter()
+        .position(|(t, _)| *t == LinuxNamespaceType::Pid)
+    {
+        let (typ, fd) = joins.remove(pos);
+        crate::namespaces::join(typ, &fd)?;
+    }
+    let (parent_end, child_end) = channel::pair()?;
+    let config = process::exec::ExecConfig {
+        spec: &bundle.spec,
+        process: &process,
+        joins,
+        console,
+        preserve_fds: opts.preserve_fds,
+    };
+    let (pid, channel) = process::exec::spawn(config, child_end, parent_end)?;
+    let fail = |e: Error| {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        e
+    };
+    if let Some(cg) = &state.cgroup {
+        cg.add_task(pid.as_raw()).map_err(|e| fail(e.into()))?;
+    }
+    channel.send(&Message::Go).map_err(fail)?;
+    // The channel closes on exec (close-on-exec); a message means the setup failed.
+    match channel.recv_or_closed().map_err(fail)? {
+        None => {}
+        Some(Message::Failed(reason)) => return Err(fail(Error::Init(reason))),
+        Some(other) => {
+            return Err(fail(Error::Other(format!(
+                "sync channel: unexpected {other:?}"
+            ))))
+        }
+    }
+    if let Some(pid_file) = &opts.pid_file {
+        state::write_atomic(pid_file, pid.as_raw().to_string().as_bytes())?;
+    }
+    Ok(pid)
+}

@@ -120,6 +120,16 @@ fn check_namespaces(value: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Parse a process JSON (`exec --process`), dropping unknown capability names.
+pub fn parse_process(text: &str) -> Result<oci_spec::runtime::Process> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Error::Other(format!("process JSON: malformed: {e}")))?;
+    let mut wrapped = serde_json::json!({ "process": value });
+    drop_unknown_capabilities(&mut wrapped);
+    serde_json::from_value(wrapped["process"].take())
+        .map_err(|e| Error::Other(format!("process JSON: invalid: {e}")))
+}
+
 /// Remove capability names oci-spec does not know, warning about each.
 fn drop_unknown_capabilities(value: &mut Value) {
     let Some(sets) = value

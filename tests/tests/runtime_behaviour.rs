@@ -798,3 +798,82 @@ fn pause_resume_and_ps() {
     );
     assert_eq!(nb.out(&["delete", "--force", &id]).0, 0);
 }
+
+#[test]
+fn exec_runs_a_process_in_the_running_container() {
+    let mut results = Vec::new();
+    for rt in runtimes() {
+        let mut b = bundle_with(&["sleep", "100"]);
+        b.config["hostname"] = json!("exechost");
+        b.write();
+        let id = unique("ex");
+        assert_eq!(rt.create(&b, &id).0, 0, "{}", rt.name);
+        assert_eq!(rt.out(&["start", &id]).0, 0, "{}", rt.name);
+        let plain = rt.out(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 5",
+        ]);
+        let flags = rt.out(&[
+            "exec",
+            "--user",
+            "1000:1000",
+            "--env",
+            "FOO=bar",
+            "--cwd",
+            "/tmp",
+            &id,
+            "sh",
+            "-c",
+            "id; pwd; echo $FOO",
+        ]);
+        let pid_file = rt.root.path().join("exec.pid");
+        let status = rt
+            .cmd(&[
+                "exec",
+                "--detach",
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                &id,
+                "sleep",
+                "30",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("exec -d");
+        assert!(status.success(), "{}: exec --detach", rt.name);
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .parse()
+            .expect("pid");
+        let (_, ps, _) = rt.out(&["ps", "--format", "json", &id]);
+        let pids: Vec<i32> = serde_json::from_str(&ps).expect("ps json");
+        assert!(
+            pids.contains(&pid),
+            "{}: exec'd pid {pid} not in {pids:?}",
+            rt.name
+        );
+        assert_eq!(rt.out(&["delete", "--force", &id]).0, 0, "{}", rt.name);
+        let (code, _, err) = rt.out(&["exec", &id, "true"]);
+        assert_ne!(code, 0, "{}: exec into a deleted container", rt.name);
+        assert!(
+            err.contains("does not exist") || err.contains("not exist"),
+            "{}: {err}",
+            rt.name
+        );
+        results.push(((plain.0, plain.1), (flags.0, flags.1)));
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[1].0, (5, "exechost\nsleep 100 \n".to_string()));
+    assert_eq!(
+        results[1].1,
+        (
+            0,
+            "uid=1000(user) gid=1000(user)\n/tmp\nbar\n".to_string()
+        )
+    );
+}

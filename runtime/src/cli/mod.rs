@@ -3,6 +3,7 @@
 
 pub mod create;
 pub mod delete;
+pub mod exec;
 pub mod features;
 pub mod kill;
 pub mod list;
@@ -77,6 +78,8 @@ pub enum Command {
     List(list::Args),
     /// Write a default config.json.
     Spec(spec::Args),
+    /// Run a new process inside a running container.
+    Exec(exec::Args),
     /// Freeze every process of a container.
     Pause(pause::Args),
     /// Thaw a paused container.
@@ -166,6 +169,7 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Delete(a) => delete::run(cli, a),
         Command::List(a) => list::run(cli, a),
         Command::Spec(a) => spec::run(cli, a),
+        Command::Exec(a) => exec::run(cli, a),
         Command::Pause(a) => pause::pause(cli, a),
         Command::Resume(a) => pause::resume(cli, a),
         Command::Ps(a) => ps::run(cli, a),

@@ -22,7 +22,7 @@ pub struct RunArgs {
 }
 
 /// Signals passed on to the container while `run` waits.
-const FORWARDED: &[Signal] = &[
+pub const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,

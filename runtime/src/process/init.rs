@@ -213,7 +213,7 @@ fn rlimit_resource(typ: PosixRlimitType) -> Option<libc::__rlimit_resource_t> {
     })
 }
 
-fn set_rlimits(process: &Process) -> Result<()> {
+pub(crate) fn set_rlimits(process: &Process) -> Result<()> {
     for r in process.rlimits().as_deref().unwrap_or_default() {
         let resource = rlimit_resource(r.typ())
             .ok_or_else(|| Error::Spec(format!("process.rlimits: unknown type {:?}", r.typ())))?;
@@ -269,7 +269,7 @@ fn wait_for_start(listener: &OwnedFd) -> Result<OwnedFd> {
     }
 }
 
-fn finalize(
+pub(crate) fn finalize(
     spec: &Spec,
     process: &Process,
     exe: &Path,

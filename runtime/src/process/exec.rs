@@ -1,0 +1,135 @@
+//! `exec`: a new process inside a running container. The runtime joins the container's pid
+//! namespace and clones the child (a direct child of the runtime); the child joins the other
+//! namespaces of the container's init (user first, mount last), then goes through the same
+//! final steps as init (rlimits, no_new_privs, seccomp, capabilities, user, cwd, fds, execve).
+
+use std::convert::Infallible;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use crate::channel::{Channel, Message};
+use crate::error::{Context, Error, Result};
+use crate::namespaces;
+use crate::process::{init, user};
+
+/// Namespace files of the container's init that differ from ours, user first and mount last.
+pub fn namespaces_to_join(init_pid: i32) -> Result<Vec<(LinuxNamespaceType, OwnedFd)>> {
+    let order = [
+        ("user", LinuxNamespaceType::User),
+        ("ipc", LinuxNamespaceType::Ipc),
+        ("uts", LinuxNamespaceType::Uts),
+        ("net", LinuxNamespaceType::Network),
+        ("pid", LinuxNamespaceType::Pid),
+        ("cgroup", LinuxNamespaceType::Cgroup),
+        ("time", LinuxNamespaceType::Time),
+        ("mnt", LinuxNamespaceType::Mount),
+    ];
+    let mut out = Vec::new();
+    for (name, typ) in order {
+        let theirs = format!("/proc/{init_pid}/ns/{name}");
+        let Ok(their_meta) = std::fs::metadata(&theirs) else {
+            continue;
+        };
+        let ours = std::fs::metadata(format!("/proc/self/ns/{name}")).ok();
+        if ours.is_some_and(|m| m.ino() == their_meta.ino() && m.dev() == their_meta.dev()) {
+            continue;
+        }
+        let f = std::fs::File::open(&theirs).ctx(|| format!("opening {theirs}"))?;
+        out.push((typ, OwnedFd::from(f)));
+    }
+    Ok(out)
+}
+
+/// What the exec'd child needs.
+pub struct ExecConfig<'a> {
+    pub spec: &'a Spec,
+    pub process: &'a Process,
+    pub joins: Vec<(LinuxNamespaceType, OwnedFd)>,
+    pub console: Option<OwnedFd>,
+    pub preserve_fds: i32,
+}
+
+/// Clone the exec'd process. The parent must already have joined the pid namespace.
+pub fn spawn(
+    config: ExecConfig,
+    child_end: Channel,
+    parent_end: Channel,
+) -> Result<(Pid, Channel)> {
+    // SAFETY: as in process::spawn: a fork-like raw clone of a single-threaded process.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match ret {
+        -1 => Err(Error::Sys {
+            context: "clone of the exec process".into(),
+            source: nix::errno::Errno::last(),
+        }),
+        0 => {
+            drop(parent_end);
+            let err = match run(config, &child_end) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let _ = child_end.send(&Message::Failed(err.to_string()));
+            // SAFETY: _exit ends the child without running the parent's destructors.
+            unsafe { libc::_exit(1) }
+        }
+        pid => {
+            drop(child_end);
+            Ok((Pid::from_raw(pid as i32), parent_end))
+        }
+    }
+}
+
+fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
+    match channel.recv()? {
+        Message::Go => {}
+        other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
+    }
+    for (typ, fd) in &config.joins {
+        if *typ == LinuxNamespaceType::Pid {
+            continue;
+        }
+        namespaces::join(*typ, fd)?;
+        if *typ == LinuxNamespaceType::User {
+            nix::unistd::setresgid(0.into(), 0.into(), 0.into()).ctx(|| "setresgid(0)".into())?;
+            nix::unistd::setresuid(0.into(), 0.into(), 0.into()).ctx(|| "setresuid(0)".into())?;
+        }
+    }
+    // Joining the mount namespace moved us to its root; make sure cwd is there too.
+    nix::unistd::chdir("/").ctx(|| "chdir /".into())?;
+    nix::unistd::setsid().ctx(|| "setsid".into())?;
+    let process = config.process;
+    if process.terminal().unwrap_or(false) {
+        let socket = config.console.ok_or_else(|| {
+            Error::Other("a terminal was requested but no --console-socket was given".into())
+        })?;
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        crate::console::setup_exec(socket, size)?;
+    }
+    init::set_rlimits(process)?;
+    let args = process.args().clone().unwrap_or_default();
+    let arg0 = args
+        .first()
+        .ok_or_else(|| Error::Other("exec: no command given".into()))?;
+    let mut env = process.env().clone().unwrap_or_default();
+    let exe = init::find_executable(arg0, &env)?;
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = user::lookup(process.user().uid(), Path::new("/etc")).home;
+        env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
+    }
+    init::finalize(config.spec, process, &exe, &args, &env, config.preserve_fds)
+}
