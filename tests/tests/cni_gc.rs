@@ -140,3 +140,56 @@ fn status_is_50_when_the_ipam_store_is_unwritable() {
     assert_eq!(v["code"], 50, "{v}");
     let _ = sh_ok("true");
 }
+
+#[test]
+fn gc_removes_stale_iptables_masquerade_chains() {
+    require_cni_tools();
+    let node = NetNs::new("gin");
+    let data = TempDir::new("cnigci");
+    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
+    let exe = pd.path().join("bridge");
+    let mut conf = bridge_conf("1.1.0", "gcipt", "gibr0", "10.65.0.0/24", data.path());
+    conf["ipMasqBackend"] = json!("iptables");
+    let pods: Vec<NetNs> = (0..2).map(|_| NetNs::new("gip")).collect();
+    for (i, pod) in pods.iter().enumerate() {
+        Call::new(
+            "ADD",
+            &format!("ipt{i}"),
+            &pod.path().display().to_string(),
+            "eth0",
+            pd.path(),
+        )
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    }
+    let chains = |node: &NetNs| {
+        node.exec_ok(&["iptables", "-t", "nat", "-S"])
+            .lines()
+            .filter(|l| l.starts_with("-N CNI-"))
+            .count()
+    };
+    assert_eq!(chains(&node), 2);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ipt0", "ifname": "eth0"}]);
+    Call::new("GC", "", "", "", pd.path())
+        .run(Some(&node), &exe, &gc)
+        .ok();
+    assert_eq!(
+        chains(&node),
+        1,
+        "GC must remove the unlisted container's chain"
+    );
+    assert_eq!(ip_files(data.path(), "gcipt").len(), 1);
+    for (i, pod) in pods.iter().enumerate() {
+        Call::new(
+            "DEL",
+            &format!("ipt{i}"),
+            &pod.path().display().to_string(),
+            "eth0",
+            pd.path(),
+        )
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    }
+    assert_eq!(chains(&node), 0);
+}

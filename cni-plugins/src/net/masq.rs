@@ -262,10 +262,10 @@ pub fn teardown(backend: Backend, owner: &Owner) -> Result<()> {
     }
 }
 
-/// Remove masquerade rules of `network` whose attachment is not in `valid` (nftables).
+/// Remove masquerade rules of `network` whose attachment is not in `valid`.
 pub fn gc(backend: Backend, network: &str, valid: &[(String, String)]) -> Result<()> {
-    if backend != Backend::Nftables {
-        return Ok(());
+    if backend == Backend::Iptables {
+        return gc_iptables(network, valid);
     }
     let keep: Vec<String> = valid
         .iter()
@@ -280,6 +280,55 @@ pub fn gc(backend: Backend, network: &str, valid: &[(String, String)]) -> Result
         .collect();
     let prefix = format!("cni:{}:", Owner::network_tag(network));
     nft_delete_where(|c| c.starts_with(&prefix) && !keep.iter().any(|k| k == c))
+}
+
+/// iptables: the reference's comment `name: "<net>" id: "<cid>"` names the owner (its
+/// chains are per container, not per interface, so a listed container keeps them all).
+fn gc_iptables(network: &str, valid: &[(String, String)]) -> Result<()> {
+    let mut stale = std::collections::BTreeSet::new();
+    for ipt in ["iptables", "ip6tables"] {
+        if !which(ipt) {
+            continue;
+        }
+        let Ok(rules) = run(ipt, &["-w", "-t", "nat", "-S", "POSTROUTING"], None) else {
+            continue;
+        };
+        for line in rules.lines().filter(|l| l.contains("-j CNI-")) {
+            let args = split_quoted(line);
+            let Some(comment) = args
+                .iter()
+                .position(|a| a == "--comment")
+                .and_then(|i| args.get(i + 1))
+            else {
+                continue;
+            };
+            let Some((name, id)) = parse_iptables_comment(comment) else {
+                continue;
+            };
+            if name == network && !valid.iter().any(|(cid, _)| *cid == id) {
+                stale.insert(id);
+            }
+        }
+    }
+    for id in stale {
+        teardown(
+            Backend::Iptables,
+            &Owner {
+                network,
+                container_id: &id,
+                ifname: "",
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// `name: "net" id: "cid"` → (net, cid).
+fn parse_iptables_comment(c: &str) -> Option<(String, String)> {
+    let rest = c.strip_prefix("name: \"")?;
+    let (name, rest) = rest.split_once("\" id: \"")?;
+    let id = rest.strip_suffix('"')?;
+    Some((name.to_string(), id.to_string()))
 }
 
 fn split_quoted(s: &str) -> Vec<String> {
@@ -322,6 +371,14 @@ mod tests {
         };
         assert_eq!(o.iptables_chain().len(), 28);
         assert!(o.iptables_chain().starts_with("CNI-"));
+    }
+
+    #[test]
+    fn iptables_comments_name_network_and_container() {
+        assert_eq!(
+            parse_iptables_comment(r#"name: "net" id: "abc""#),
+            Some(("net".to_string(), "abc".to_string()))
+        );
     }
 
     #[test]
