@@ -219,6 +219,47 @@ struct Undo {
     spoofchk: bool,
 }
 
+/// `<bridge>.<vlan>`: created once (a veth, its peer an untagged access port of the VLAN
+/// on the bridge) to carry the gateway address of a VLAN network.
+fn ensure_vlan_interface(nl: &mut Netlink, br: &Link, n: &Conf) -> Result<Link> {
+    let name = format!("{}.{}", br.name, n.vlan);
+    if let Some(l) = nl
+        .link_by_name(&name)
+        .map_err(nl_err("lookup vlan interface"))?
+    {
+        return Ok(l);
+    }
+    let here = NetNs::current().map_err(nl_err("open current netns"))?;
+    let port = random_veth_name();
+    let mtu = (br.mtu > 0).then_some(br.mtu);
+    match nl.create_veth(&port, &name, here.fd(), mtu, None, Some(br.index)) {
+        Ok(()) => {}
+        // Another ADD created it first.
+        Err(e) if netlink::is_exists(&e) => {}
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "failed to create vlan gateway {name:?}: {e}"
+            )))
+        }
+    }
+    if let Some(p) = nl.link_by_name(&port).map_err(nl_err("lookup vlan port"))? {
+        if !n.preserve_default_vlan {
+            let _ = nl.bridge_vlan(p.index, 1, false, false, false);
+        }
+        nl.bridge_vlan(p.index, n.vlan as u16, true, true, true)
+            .map_err(nl_err(format!("failed to setup vlan tag on {port}")))?;
+    }
+    let l = nl
+        .link_by_name(&name)
+        .map_err(nl_err("lookup vlan interface"))?
+        .ok_or_else(|| Error::internal(format!("failed to lookup {name:?}")))?;
+    if !l.up {
+        nl.set_up(l.index, true)
+            .map_err(nl_err(format!("failed to set {name} up")))?;
+    }
+    Ok(l)
+}
+
 /// DAD off unless `enabledad` (waiting for DAD made ADDs take seconds), arp_notify on.
 fn container_sysctls(ns: &NetNs, ifname: &str, enabledad: bool) -> Result<()> {
     ns.run(|| {
@@ -468,6 +509,7 @@ impl Bridge {
         }
 
         let mut result = CniResult::default();
+        let mut vlan_iface: Option<Link> = None;
         if !args.conf.ipam.plugin_type.is_empty() {
             let r = super::ipam(args, Command::Add)?.unwrap_or_default();
             undo.ipam = true;
@@ -517,12 +559,24 @@ impl Bridge {
             }
 
             if n.is_gw {
+                // With a VLAN the gateway lives on `<bridge>.<vlan>`, a veth whose other
+                // end is an access port of that VLAN (as the reference does).
+                let gw_link = if n.vlan != 0 && result.ips.iter().any(|i| i.gateway.is_some()) {
+                    let l = ensure_vlan_interface(&mut nl, &br, n)?;
+                    vlan_iface = Some(l.clone());
+                    l
+                } else {
+                    br.clone()
+                };
                 let mut pinned = false;
                 for ip in &result.ips {
                     let Some(gw) = ip.gateway else { continue };
                     let gw = IpNetwork::new(gw, ip.address.prefix())
                         .map_err(|e| Error::internal(e.to_string()))?;
-                    if ensure_gateway_addr(&mut nl, &br, gw, n.force_address)? && !pinned {
+                    if ensure_gateway_addr(&mut nl, &gw_link, gw, n.force_address)?
+                        && !pinned
+                        && n.vlan == 0
+                    {
                         // Pin the bridge's MAC, else it follows the lowest port's MAC.
                         if let Some(b) =
                             nl.link_by_name(&br.name).map_err(nl_err("lookup bridge"))?
@@ -570,6 +624,13 @@ impl Bridge {
                 ..Default::default()
             },
         ];
+        if let Some(v) = vlan_iface {
+            result.interfaces.push(Interface {
+                name: v.name,
+                mac: v.mac,
+                ..Default::default()
+            });
+        }
         if args.conf.dns.is_set() {
             result.dns = args.conf.dns.clone();
         }
