@@ -99,9 +99,9 @@ bench() { # label
     local oa od ra rd
     oa=$(median < "$work/ours.add"); od=$(median < "$work/ours.del")
     ra=$(median < "$work/ref.add"); rd=$(median < "$work/ref.del")
-    printf '%-22s ADD ours %6.2f ms  ref %6.2f ms  ratio %.3f | DEL ours %6.2f ms  ref %6.2f ms  ratio %.3f\n' \
-        "$label" "$(bc -l <<< "$oa/1000")" "$(bc -l <<< "$ra/1000")" "$(bc -l <<< "$oa/$ra")" \
-        "$(bc -l <<< "$od/1000")" "$(bc -l <<< "$rd/1000")" "$(bc -l <<< "$od/$rd")"
+    awk -v l="$label" -v oa="$oa" -v ra="$ra" -v od="$od" -v rd="$rd" 'BEGIN {
+        printf "%-22s ADD ours %6.2f ms  ref %6.2f ms  ratio %.3f | DEL ours %6.2f ms  ref %6.2f ms  ratio %.3f\n",
+            l, oa / 1000, ra / 1000, oa / ra, od / 1000, rd / 1000, od / rd }'
 }
 
 echo "nestbox-cni vs reference (bridge + host-local), $runs interleaved runs each, ipMasq=$masq"
