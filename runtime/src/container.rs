@@ -648,3 +648,13 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
     }
     Ok(pid)
 }
+
+/// `update`: apply new resource limits to a container's cgroup.
+pub fn update(root: &Path, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    let (state, dir) = load(root, id)?;
+    if state.status(&dir) == Status::Stopped {
+        return Err(Error::NotRunning(id.into()));
+    }
+    cgroup_of(&state)?.apply(resources)?;
+    Ok(())
+}

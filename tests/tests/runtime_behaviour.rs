@@ -871,9 +871,30 @@ fn exec_runs_a_process_in_the_running_container() {
     assert_eq!(results[1].0, (5, "exechost\nsleep 100 \n".to_string()));
     assert_eq!(
         results[1].1,
-        (
-            0,
-            "uid=1000(user) gid=1000(user)\n/tmp\nbar\n".to_string()
-        )
+        (0, "uid=1000(user) gid=1000(user)\n/tmp\nbar\n".to_string())
     );
+}
+
+#[test]
+fn update_changes_limits_of_a_running_container() {
+    let mut results = Vec::new();
+    for rt in runtimes() {
+        let b = bundle_with(&["sleep", "100"]);
+        let id = unique("up");
+        assert_eq!(rt.create(&b, &id).0, 0, "{}", rt.name);
+        assert_eq!(rt.out(&["start", &id]).0, 0, "{}", rt.name);
+        let (code, _, err) = rt.out(&["update", "--memory", "64m", "--pids-limit", "10", &id]);
+        assert_eq!(code, 0, "{}: update: {err}", rt.name);
+        let read = rt.out(&[
+            "exec",
+            &id,
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/pids/pids.max",
+        ]);
+        assert_eq!(rt.out(&["delete", "--force", &id]).0, 0, "{}", rt.name);
+        results.push((read.0, read.1));
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[1], (0, "67108864\n10\n".to_string()));
 }

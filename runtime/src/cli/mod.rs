@@ -13,6 +13,7 @@ pub mod run;
 pub mod spec;
 pub mod start;
 pub mod state;
+pub mod update;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -86,6 +87,8 @@ pub enum Command {
     Resume(pause::Args),
     /// List the container's processes.
     Ps(ps::Args),
+    /// Update a container's resource limits.
+    Update(update::Args),
     /// Print the runtime's supported features (JSON).
     Features(features::Args),
 }
@@ -173,6 +176,7 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Pause(a) => pause::pause(cli, a),
         Command::Resume(a) => pause::resume(cli, a),
         Command::Ps(a) => ps::run(cli, a),
+        Command::Update(a) => update::run(cli, a),
         Command::Features(a) => features::run(cli, a),
     }
 }
