@@ -898,3 +898,29 @@ fn update_changes_limits_of_a_running_container() {
     assert_eq!(results[0], results[1]);
     assert_eq!(results[1], (0, "67108864\n10\n".to_string()));
 }
+
+#[test]
+fn personality_io_priority_and_scheduler_apply() {
+    // runc 1.1 predates ioPriority and scheduler: nestbox only, absolute values.
+    let nb = Runtime::nestbox();
+    let mut b = bundle_with(&[
+        "sh",
+        "-c",
+        "uname -m; cut -d' ' -f19 /proc/self/stat; ionice -p $$",
+    ]);
+    b.config["linux"]["personality"] = json!({"domain": "LINUX32"});
+    b.config["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 6});
+    b.config["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 7});
+    b.write();
+    let (code, out, err) = nb.run(&b);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "i686", "{out}");
+    assert_eq!(lines[1], "7", "{out}");
+    assert!(
+        lines
+            .get(2)
+            .is_some_and(|l| l.contains("best-effort") && l.contains('6')),
+        "{out}"
+    );
+}

@@ -289,6 +289,7 @@ pub(crate) fn finalize(
         crate::seccomp::load(profile)?;
     }
 
+    crate::process::attrs::apply(spec, process)?;
     let caps = process.capabilities().as_ref();
     capabilities::drop_bounding(caps)?;
     // SAFETY: prctl with integer arguments only.

@@ -1,6 +1,7 @@
 //! Starting the container's init: `spawn` clones the child that becomes init (a direct child of
 //! the runtime, never double-forked), and `init` is what that child runs inside the container.
 
+pub mod attrs;
 pub mod exec;
 pub mod init;
 pub mod user;
