@@ -924,3 +924,20 @@ fn personality_io_priority_and_scheduler_apply() {
         "{out}"
     );
 }
+
+#[test]
+fn run_with_terminal_and_no_console_socket_relays_the_pty() {
+    // runc's foreground tty mode needs a real tty on stdin; nestbox relays from any stdin.
+    let nb = Runtime::nestbox();
+    let mut b = bundle_with(&["sh", "-c", "tty; echo hi; exit 4"]);
+    b.config["process"]["terminal"] = json!(true);
+    b.write();
+    let (code, out, err) = nb.run(&b);
+    assert_eq!((code, out.as_str()), (4, "/dev/pts/0\r\nhi\r\n"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(nb.root.path())
+        .expect("root")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the state root: {left:?}");
+}

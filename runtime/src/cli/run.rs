@@ -1,6 +1,9 @@
 //! `nestbox run [create flags] [--detach] ID`: create + start + wait; exits with the
 //! container's status (128+signal when it was killed) and removes it afterwards.
 
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+
 use nestbox_runtime::container;
 use nix::sys::signal::Signal;
 
@@ -34,8 +37,39 @@ pub const FORWARDED: &[Signal] = &[
 ];
 
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
-    let opts = args.create.options(cli);
-    let created = container::create(&opts)?;
+    let mut opts = args.create.options(cli);
+    // runc's foreground mode: a terminal without --console-socket is relayed by `run` itself.
+    let relay = opts.console_socket.is_none()
+        && !args.detach
+        && nestbox_runtime::spec::load_bundle(&opts.bundle)
+            .ok()
+            .and_then(|b| b.spec.process().as_ref().and_then(|p| p.terminal()))
+            .unwrap_or(false);
+    let mut console = None;
+    if relay {
+        std::fs::create_dir_all(&cli.root)?;
+        nestbox_runtime::spec::validate_id(&opts.id)?;
+        let path = cli.root.join(format!(".{}.console.sock", opts.id));
+        let _ = std::fs::remove_file(&path);
+        console = Some((UnixListener::bind(&path)?, path.clone()));
+        opts.console_socket = Some(path);
+    }
+    let created = container::create(&opts);
+    let master = match (&console, &created) {
+        (Some((listener, path)), Ok(_)) => {
+            let _ = std::fs::remove_file(path);
+            let (conn, _) = listener.accept()?;
+            Some(nestbox_runtime::console::receive_master(&OwnedFd::from(
+                conn,
+            ))?)
+        }
+        (Some((_, path)), Err(_)) => {
+            let _ = std::fs::remove_file(path);
+            None
+        }
+        _ => None,
+    };
+    let created = created?;
     if let Err(e) = container::start(&cli.root, &opts.id) {
         let _ = container::delete(&cli.root, &opts.id, true);
         return Err(e.into());
@@ -43,7 +77,10 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     if args.detach {
         return Ok(0);
     }
-    let code = container::wait_forwarding(created.pid, FORWARDED)?;
+    let code = match master {
+        Some(master) => nestbox_runtime::console::relay(master, created.pid, FORWARDED)?,
+        None => container::wait_forwarding(created.pid, FORWARDED)?,
+    };
     if !args.keep {
         container::cleanup_after_run(&cli.root, &opts.id)?;
     }
