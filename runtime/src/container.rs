@@ -658,3 +658,48 @@ pub fn update(root: &Path, id: &str, resources: &oci_spec::runtime::LinuxResourc
     cgroup_of(&state)?.apply(resources)?;
     Ok(())
 }
+
+/// One `events` record as runc prints it: `{"type":"stats"|"oom","id":…,"data":…}`.
+pub fn event_json(kind: &str, id: &str, data: Option<serde_json::Value>) -> String {
+    let mut v = serde_json::json!({"type": kind, "id": id});
+    if let Some(d) = data {
+        v["data"] = d;
+    }
+    v.to_string()
+}
+
+/// `events`: the stats record now (`--stats`), or a stream of stats every `interval` plus an
+/// `oom` record whenever the OOM-kill count grows, until the container stops.
+pub fn events(
+    root: &Path,
+    id: &str,
+    stats_once: bool,
+    interval: Duration,
+    mut emit: impl FnMut(String),
+) -> Result<()> {
+    let (state, dir) = load(root, id)?;
+    let cgroup = cgroup_of(&state)?;
+    let stats = || -> Result<serde_json::Value> {
+        serde_json::to_value(cgroup.stats()?).map_err(|e| Error::Other(e.to_string()))
+    };
+    if stats_once {
+        if state.status(&dir) == Status::Stopped {
+            return Err(Error::NotRunning(id.into()));
+        }
+        emit(event_json("stats", id, Some(stats()?)));
+        return Ok(());
+    }
+    let mut ooms = cgroup.oom_kill_count().unwrap_or(0);
+    while state.status(&dir) != Status::Stopped {
+        let now = cgroup.oom_kill_count().unwrap_or(ooms);
+        if now > ooms {
+            emit(event_json("oom", id, None));
+            ooms = now;
+        }
+        if let Ok(s) = stats() {
+            emit(event_json("stats", id, Some(s)));
+        }
+        std::thread::sleep(interval);
+    }
+    Ok(())
+}

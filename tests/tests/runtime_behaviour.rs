@@ -941,3 +941,50 @@ fn run_with_terminal_and_no_console_socket_relays_the_pty() {
         .collect();
     assert!(left.is_empty(), "left in the state root: {left:?}");
 }
+
+#[test]
+fn events_report_stats_and_oom() {
+    for rt in runtimes() {
+        let b = bundle_with(&["sleep", "100"]);
+        let id = unique("ev");
+        assert_eq!(rt.create(&b, &id).0, 0, "{}", rt.name);
+        assert_eq!(rt.out(&["start", &id]).0, 0, "{}", rt.name);
+        let (code, out, err) = rt.out(&["events", "--stats", &id]);
+        assert_eq!(code, 0, "{}: {err}", rt.name);
+        let ev: Value = serde_json::from_str(out.trim()).expect("one JSON record");
+        assert_eq!(ev["type"], "stats", "{}", rt.name);
+        assert_eq!(ev["id"], id.as_str(), "{}", rt.name);
+        assert!(
+            ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap_or(0) > 0,
+            "{}: {ev}",
+            rt.name
+        );
+        assert!(
+            ev["data"]["pids"]["current"].as_u64().unwrap_or(0) >= 1,
+            "{}: {ev}",
+            rt.name
+        );
+        assert_eq!(rt.out(&["delete", "--force", &id]).0, 0, "{}", rt.name);
+    }
+    // The OOM record (nestbox): a stream that ends when the container stops.
+    let nb = Runtime::nestbox();
+    let mut b = bundle_with(&[
+        "sh",
+        "-c",
+        "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1",
+    ]);
+    b.config["linux"]["resources"]["memory"] = json!({"limit": 16777216, "swap": 16777216});
+    b.write();
+    let id = unique("eo");
+    assert_eq!(nb.create(&b, &id).0, 0);
+    assert_eq!(nb.out(&["start", &id]).0, 0);
+    let (code, out, err) = nb.out(&["events", "--interval", "200ms", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().any(|l| serde_json::from_str::<Value>(l)
+            .map(|v| v["type"] == "oom")
+            .unwrap_or(false)),
+        "no oom record in {out}"
+    );
+    assert_eq!(nb.out(&["delete", &id]).0, 0);
+}

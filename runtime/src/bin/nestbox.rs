@@ -37,7 +37,7 @@ fn main() {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            let msg = one_line(&e);
             sink.line("error", &msg);
             if sink.is_file {
                 eprintln!("{msg}");
@@ -46,4 +46,18 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// The error and its causes on one line; a cause already spelled out by its parent's message
+/// (as the library's errors do) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.replace('\n', " ")
 }

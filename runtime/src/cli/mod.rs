@@ -3,6 +3,7 @@
 
 pub mod create;
 pub mod delete;
+pub mod events;
 pub mod exec;
 pub mod features;
 pub mod kill;
@@ -89,6 +90,8 @@ pub enum Command {
     Ps(ps::Args),
     /// Update a container's resource limits.
     Update(update::Args),
+    /// Container stats and OOM events as JSON lines.
+    Events(events::Args),
     /// Print the runtime's supported features (JSON).
     Features(features::Args),
 }
@@ -177,6 +180,7 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Resume(a) => pause::resume(cli, a),
         Command::Ps(a) => ps::run(cli, a),
         Command::Update(a) => update::run(cli, a),
+        Command::Events(a) => events::run(cli, a),
         Command::Features(a) => features::run(cli, a),
     }
 }
