@@ -64,8 +64,8 @@ impl Store {
 
     /// Reserve `ip` for (id, ifname); Ok(false) when it is already taken.
     pub fn reserve(&self, id: &str, ifname: &str, ip: IpAddr, set: usize) -> Result<bool> {
+        // (`open` removed any stale temp file under the lock.)
         let tmp = self.dir.join(TMP);
-        let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -28,11 +28,11 @@ fn is_our_host_local(exe: &Path) -> bool {
     if name.strip_prefix("nestbox-").unwrap_or(name) != "host-local" {
         return false;
     }
-    match (
-        std::fs::canonicalize(exe),
-        std::fs::canonicalize("/proc/self/exe"),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
+    // Same file as our own executable (stat follows the symlinks): cheaper than
+    // canonicalizing both paths.
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(exe), std::fs::metadata("/proc/self/exe")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
 }
