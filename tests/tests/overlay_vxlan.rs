@@ -131,3 +131,43 @@ fn cni_plugin_answers_try_again_later_while_subnet_env_is_missing() {
     let (code, out, _) = cni(node, &c.cni_bin, "DEL", "ctr1", "", &conf);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn direct_routing_uses_host_gw_routes_for_peers_on_the_same_network() {
+    let mut c = Cluster::new(2, VXLAN_CONF, &["--direct-routing", "--ip-masq"]);
+    c.start_all();
+    c.add_pod(0, "nestbox-vxlan");
+    c.add_pod(1, "nestbox-vxlan");
+    for (i, node) in c.nodes.iter().enumerate() {
+        let (peer_subnet, peer) = c
+            .etcd
+            .leases()
+            .into_iter()
+            .find(|(_, v)| v["PublicIP"] != node.ip.as_str())
+            .expect("a peer lease");
+        let peer_ip = peer["PublicIP"].as_str().unwrap_or_default().to_string();
+        let ok = eventually(10, || {
+            let routes = node.json(&["ip", "-j", "route", "show", &peer_subnet]);
+            routes[0]["gateway"] == peer_ip.as_str() && routes[0]["dev"] == "eth0"
+        });
+        assert!(
+            ok,
+            "node {i}: no direct route to {peer_subnet} via {peer_ip}\n{}",
+            node.log()
+        );
+        let st = vxlan_state(node, 1);
+        assert!(
+            st.neigh.is_empty() && st.fdb.is_empty() && st.routes.is_empty(),
+            "node {i}: direct routing must not program VXLAN entries: {:?} {:?} {:?}",
+            st.neigh,
+            st.fdb,
+            st.routes
+        );
+        // The device still exists (and is published) for peers that are not adjacent.
+        assert_eq!(
+            link_json(node, "flannel.1")["linkinfo"]["info_kind"],
+            "vxlan"
+        );
+    }
+    assert_full_mesh(&c);
+}
