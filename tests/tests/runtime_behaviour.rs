@@ -988,3 +988,38 @@ fn events_report_stats_and_oom() {
     );
     assert_eq!(nb.out(&["delete", &id]).0, 0);
 }
+
+#[test]
+fn seccomp_notify_fd_goes_to_the_listener() {
+    let nb = Runtime::nestbox();
+    let sock = nb.root.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind agent socket");
+    let agent = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let (payload, fd) = recv_fd(&stream);
+        // Closing the notify fd makes the pending and later notified syscalls fail (ENOSYS).
+        drop(fd);
+        payload
+    });
+    let mut b = bundle_with(&["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo $?"]);
+    b.config["root"]["readonly"] = json!(false);
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "listenerPath": sock,
+        "listenerMetadata": "meta-1",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    b.write();
+    let (code, out, err) = nb.run(&b);
+    assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
+    let payload: Value = serde_json::from_str(&agent.join().expect("agent")).expect("payload JSON");
+    assert_eq!(payload["fds"], json!(["seccompFd"]), "{payload}");
+    assert_eq!(payload["metadata"], "meta-1", "{payload}");
+    assert!(payload["pid"].as_i64().unwrap_or(0) > 0, "{payload}");
+    assert_eq!(
+        payload["state"]["bundle"],
+        b.path().to_str().unwrap(),
+        "{payload}"
+    );
+}

@@ -131,5 +131,13 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
         let home = user::lookup(process.user().uid(), Path::new("/etc")).home;
         env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
     }
-    init::finalize(config.spec, process, &exe, &args, &env, config.preserve_fds)
+    init::finalize(
+        config.spec,
+        process,
+        &exe,
+        &args,
+        &env,
+        config.preserve_fds,
+        None,
+    )
 }

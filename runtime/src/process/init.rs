@@ -65,15 +65,21 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     apply_sysctl(spec)?;
     // Runtime-side hooks (e.g. network setup) need our namespaces to exist: pause for them.
     let hooks = spec.hooks().as_ref();
-    let state_json = match hooks {
-        Some(_) => {
+    let seccomp_profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let wants_listener = seccomp_profile.is_some_and(|p| p.listener_path().is_some());
+    let state_json = match hooks.is_some() || wants_listener {
+        true => {
             channel.send(&Message::NamespacesReady)?;
             match channel.recv()? {
                 Message::Continue(json) => json,
                 other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
             }
         }
-        None => String::new(),
+        false => String::new(),
+    };
+    let listener = match seccomp_profile {
+        Some(p) => crate::seccomp::open_listener(p, &state_json)?,
+        None => None,
     };
 
     if !ns.has_new(LinuxNamespaceType::Mount) {
@@ -129,9 +135,17 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
         hooks.and_then(|h| h.start_container().as_ref()),
         &state_json,
     );
-    let err = match started
-        .and_then(|()| finalize(spec, process, &exe, &args, &env, config.preserve_fds))
-    {
+    let err = match started.and_then(|()| {
+        finalize(
+            spec,
+            process,
+            &exe,
+            &args,
+            &env,
+            config.preserve_fds,
+            listener.as_ref(),
+        )
+    }) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -276,6 +290,7 @@ pub(crate) fn finalize(
     args: &[String],
     env: &[String],
     preserve_fds: i32,
+    listener: Option<&crate::seccomp::Listener>,
 ) -> Result<Infallible> {
     let nnp = process.no_new_privileges().unwrap_or(false);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
@@ -286,7 +301,7 @@ pub(crate) fn finalize(
         }
     }
     if let (Some(profile), false) = (seccomp, nnp) {
-        crate::seccomp::load(profile)?;
+        crate::seccomp::load(profile, listener)?;
     }
 
     crate::process::attrs::apply(spec, process)?;
@@ -326,7 +341,7 @@ pub(crate) fn finalize(
     }
 
     if let (Some(profile), true) = (seccomp, nnp) {
-        crate::seccomp::load(profile)?;
+        crate::seccomp::load(profile, listener)?;
     }
     close_fds_on_exec(3 + preserve_fds.max(0))?;
 
