@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager and kubectl 1.20.2 from Debian's `kubernetes`
+# Build kube-apiserver, kube-controller-manager, kube-scheduler and kubectl 1.20.2 from Debian's `kubernetes`
 # source package (it keeps vendor/, so no Go module downloads are needed) and cache the binaries.
 #
 #   bash scripts/kube-build.sh            # prints the bin dir on its last stdout line
@@ -13,10 +13,14 @@ set -euo pipefail
 VERSION=1.20.2
 CACHE="${NESTBOX_KUBE_CACHE:-/var/cache/nestbox/kube-$VERSION}"
 BIN="$CACHE/bin"
-BINARIES=(kube-apiserver kube-controller-manager kubectl)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# Bump when the recipe changes in a way that makes cached binaries wrong.
+# 2: vendored reflect2 1.0.1 replaced by Debian's 1.0.2 (1.0.1 crashes under Go >= 1.18).
+RECIPE=2
 
 have_all() {
   local b
+  [ "$(cat "$BIN/.recipe" 2>/dev/null)" = "$RECIPE" ] || return 1
   for b in "${BINARIES[@]}"; do
     [ -x "$BIN/$b" ] || return 1
   done
@@ -27,34 +31,54 @@ if have_all; then
   exit 0
 fi
 
+BUILD="$CACHE/build"
+LOGFILE="$BUILD/build.log"
 log() { echo "kube-build: $*" >&2; }
-die() { echo "kube-build: error: $*" >&2; exit 1; }
-trap 'rc=$?; [ $rc -eq 0 ] || echo "kube-build: FAILED (exit $rc) at line $LINENO: $BASH_COMMAND" >&2' EXIT
+die() {
+  echo "kube-build: error: $*" >&2
+  if [ -s "$LOGFILE" ]; then
+    echo "kube-build: last lines of $LOGFILE:" >&2
+    tail -n 25 "$LOGFILE" >&2
+  fi
+  exit 1
+}
+trap 'rc=$?; [ $rc -eq 0 ] || echo "kube-build: FAILED (exit $rc); full log: $LOGFILE" >&2' EXIT
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get source/install)"
 
-BUILD="$CACHE/build"
-mkdir -p "$BUILD" "$BIN"
-LOGFILE="$BUILD/build.log"
+mkdir -p "$BUILD" "$BIN" || die "cannot create $BUILD"
+# One builder at a time (e.g. two test binaries on a fresh machine); the other waits, then
+# finds the binaries.
+exec 9>"$CACHE/.lock"
+flock 9
+if have_all; then
+  log "built by a concurrent run"
+  echo "$BIN"
+  exit 0
+fi
+: >"$LOGFILE"
 log "building kube $VERSION into $BIN (log: $LOGFILE)"
 started=$(date +%s)
 
 # 1. deb-src entry for the same mirror and suites as the binary entry of debian.sources.
 SRC_FILE=/etc/apt/sources.list.d/debian.sources
 [ -r "$SRC_FILE" ] || die "$SRC_FILE not found: cannot tell which Debian mirror to use"
+# The first stanza that lists "Types: deb" with the main archive (not -security).
+read -r uri suites < <(awk '
+  /^[[:space:]]*$/ { if (t && u && s && u !~ /security/) { print u, s; exit } t=u=s=""; next }
+  /^Types:/  { if ($0 ~ /[[:space:]]deb([[:space:]]|$)/) t=1 }
+  /^URIs:/   { u=$2 }
+  /^Suites:/ { $1=""; sub(/^ /,""); s=$0 }
+  END { if (t && u && s && u !~ /security/) print u, s }' "$SRC_FILE" | head -n1) || true
+[ -n "${uri:-}" ] && [ -n "${suites:-}" ] || die "could not read URIs/Suites from $SRC_FILE"
 need_src=1
-if grep -rqsE '^(Types:.*deb-src|deb-src[[:space:]])' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; then
+if [ -e /etc/apt/sources.list.d/nestbox-deb-src.sources ] ||
+   grep -qE '^Types:.*deb-src' "$SRC_FILE" ||
+   cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+     grep -qF "deb-src $uri "; then
   need_src=0
 fi
 if [ $need_src -eq 1 ]; then
-  # The first stanza that lists "Types: deb" with the main archive (not -security).
-  read -r uri suites < <(awk '
-    /^[[:space:]]*$/ { if (t && u && s && u !~ /security/) { print u, s; exit } t=u=s=""; next }
-    /^Types:/  { if ($0 ~ /[[:space:]]deb([[:space:]]|$)/) t=1 }
-    /^URIs:/   { u=$2 }
-    /^Suites:/ { $1=""; sub(/^ /,""); s=$0 }
-    END { if (t && u && s && u !~ /security/) print u, s }' "$SRC_FILE" | head -n1)
-  [ -n "${uri:-}" ] && [ -n "${suites:-}" ] || die "could not read URIs/Suites from $SRC_FILE"
   dst=/etc/apt/sources.list.d/nestbox-deb-src.sources
   log "adding deb-src for $uri ($suites) in $dst"
   cat >"$dst" <<EOF
@@ -67,7 +91,7 @@ EOF
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-PKGS=(golang-1.19-go rsync make dpkg-dev)
+PKGS=(golang-1.19-go rsync make dpkg-dev golang-github-modern-go-reflect2-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -99,7 +123,20 @@ fi
 log "source tree: $SRCDIR"
 [ -d "$SRCDIR/vendor" ] || die "$SRCDIR has no vendor/ directory: cannot build offline"
 
-# 3. GOPATH layout k8s.io/kubernetes -> source tree.
+# 3. Go 1.19 fix: kube 1.20 vendors github.com/modern-go/reflect2 v1.0.1, whose copy of the
+# runtime's map iterator predates Go 1.18; the apiserver then dies with "fatal error: fault"
+# in mapiterinit when it encodes some maps (e.g. a Node status patch). v1.0.2 (same API,
+# Debian package golang-github-modern-go-reflect2-dev) links to the runtime's own iterator.
+R2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
+R2_DST="$SRCDIR/vendor/github.com/modern-go/reflect2"
+[ -f "$R2_SRC/go_above_118.go" ] || die "$R2_SRC/go_above_118.go missing (golang-github-modern-go-reflect2-dev >= 1.0.2 needed)"
+if [ ! -f "$R2_DST/go_above_118.go" ]; then
+  log "replacing vendored reflect2 1.0.1 with $R2_SRC (1.0.2)"
+  rm -f "$R2_DST"/*.go "$R2_DST"/*.s
+  cp "$R2_SRC"/*.go "$R2_SRC"/*.s "$R2_DST"/
+fi
+
+# 4. GOPATH layout k8s.io/kubernetes -> source tree.
 GOPATH_DIR="$BUILD/gopath"
 mkdir -p "$GOPATH_DIR/src/k8s.io"
 ln -sfn "$SRCDIR" "$GOPATH_DIR/src/k8s.io/kubernetes"
@@ -116,12 +153,15 @@ export KUBE_GIT_VERSION="v$VERSION"
 export KUBE_GIT_TREE_STATE=clean
 log "go: $(go version)"
 
-# 4. Build. The Makefile (hack/make-rules/build.sh) first; direct `go build` if it fails.
+# 5. Build. The Makefile (hack/make-rules/build.sh) first; direct `go build` if it fails.
 OUT="$GOPATH_DIR/src/k8s.io/kubernetes/_output/local/bin/linux/amd64"
 built_dir=""
-log "make WHAT=\"cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl\" (takes ~10 min on 2 cores)"
+WHAT=""
+for b in "${BINARIES[@]}"; do WHAT="$WHAT cmd/$b"; done
+WHAT="${WHAT# }"
+log "make WHAT=\"$WHAT\" (takes ~7 min on 2 cores)"
 if (cd "$GOPATH_DIR/src/k8s.io/kubernetes" && \
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl" KUBE_BUILD_PLATFORMS=linux/amd64) \
+    make WHAT="$WHAT" KUBE_BUILD_PLATFORMS=linux/amd64) \
     >>"$LOGFILE" 2>&1; then
   built_dir="$OUT"
 else
@@ -146,5 +186,6 @@ for b in "${BINARIES[@]}"; do
   mv -f "$BIN/.$b.tmp" "$BIN/$b"
 done
 "$BIN/kube-apiserver" --version >&2 || die "built kube-apiserver does not run"
+echo "$RECIPE" >"$BIN/.recipe"
 log "done in $(( $(date +%s) - started )) s"
 echo "$BIN"

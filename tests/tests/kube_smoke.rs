@@ -7,7 +7,7 @@ mod kube_common;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use kube_common::{kube_bin, ControlPlane, CLUSTER_CIDR};
+use kube_common::{kube_bin, ControlPlane, KubeOpts, CLUSTER_CIDR};
 use nestbox_tests::{sh_ok, unique, veth_between, wait_until, NetNs};
 use serde_json::json;
 
@@ -134,4 +134,62 @@ fn apiserver_is_reachable_from_another_netns_on_the_switch() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn scheduler_binds_a_pod_to_a_ready_node_and_state_survives_an_apiserver_restart() {
+    let mut cp = ControlPlane::start_with(KubeOpts {
+        scheduler: true,
+        ..KubeOpts::default()
+    });
+    let node = unique("node");
+    cp.apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}).to_string());
+    // What a kubelet reports: capacity (the scheduler's pod-count fit) and Ready.
+    let (code, body) = cp.api(
+        "PATCH",
+        &format!("/api/v1/nodes/{node}/status"),
+        Some((
+            "application/strategic-merge-patch+json",
+            &json!({"status": {
+                "capacity": {"cpu": "2", "memory": "2Gi", "pods": "10"},
+                "allocatable": {"cpu": "2", "memory": "2Gi", "pods": "10"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                "message": "test", "lastHeartbeatTime": null}],
+            }}),
+        )),
+    );
+    assert_eq!(code, 200, "status patch: {body}");
+    assert_eq!(body["status"]["allocatable"]["pods"], "10", "{body}");
+
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p1", "namespace": "default"},
+            "spec": {
+                "containers": [{"name": "c", "image": "busybox"}],
+                "tolerations": [{"operator": "Exists"}],
+            },
+        })
+        .to_string(),
+    );
+    let mut bound = String::new();
+    let ok = wait_until(60, || {
+        let out = cp.kubectl(&["get", "pod", "p1", "-o", "jsonpath={.spec.nodeName}"]);
+        bound = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        !bound.is_empty()
+    });
+    assert!(ok, "pod p1 was not scheduled within 60 s\n{}", cp.logs());
+    assert_eq!(bound, node);
+
+    cp.restart_apiserver();
+    let pod = cp.kubectl_json(&["get", "pod", "p1"]);
+    assert_eq!(pod["spec"]["nodeName"], node.as_str(), "{pod}");
+    let mut n = json!(null);
+    let ok = wait_until(30, || {
+        n = cp.kubectl_json(&["get", "node", &node]);
+        n["spec"]["podCIDR"]
+            .as_str()
+            .is_some_and(|c| within(c, CLUSTER_CIDR))
+    });
+    assert!(ok, "no podCIDR after the restart: {n}");
 }

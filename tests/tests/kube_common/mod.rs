@@ -6,7 +6,7 @@
 //! address, and kube-controller-manager (node CIDR allocation from 10.244.0.0/16, /24 per node).
 //! The binaries come from `scripts/kube-build.sh` (built once per machine, then cached).
 //!
-//! The address lives on a dummy device inside the netns, so the apiserver can bind before any
+//! The address lives on the netns' loopback device, so the apiserver can bind before any
 //! test topology exists; [`ControlPlane::connect`] then plugs the netns into a test "switch"
 //! (a bridge in another netns) with the same address on a veth, so other namespaces on that
 //! switch reach the apiserver at [`ControlPlane::url`] with [`ControlPlane::kubeconfig`].
@@ -54,7 +54,12 @@ pub fn kube_bin_dir() -> PathBuf {
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let dir = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
-        for b in ["kube-apiserver", "kube-controller-manager", "kubectl"] {
+        for b in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubectl",
+        ] {
             assert!(
                 dir.join(b).is_file(),
                 "kube-build.sh printed {} but {b} is not there",
@@ -95,6 +100,10 @@ pub struct KubeOpts {
     pub apiserver_args: Vec<String>,
     /// Extra kube-controller-manager flags, appended last.
     pub controller_manager_args: Vec<String>,
+    /// Also run kube-scheduler (`--leader-elect=false`). Off by default.
+    pub scheduler: bool,
+    /// Extra kube-scheduler flags, appended last.
+    pub scheduler_args: Vec<String>,
     /// Wait until the `default` service account in `default` has its token secret (pods can
     /// be admitted from then on). On by default.
     pub wait_service_account: bool,
@@ -111,6 +120,8 @@ impl Default for KubeOpts {
             extra_tokens: Vec::new(),
             apiserver_args: Vec::new(),
             controller_manager_args: Vec::new(),
+            scheduler: false,
+            scheduler_args: Vec::new(),
             wait_service_account: true,
         }
     }
@@ -120,7 +131,7 @@ impl Default for KubeOpts {
 pub struct ControlPlane {
     /// Killed in reverse start order on drop.
     procs: Vec<(String, Child)>,
-    /// The control-plane netns (dummy `kube0` holds `ip/32`; `eth0` after `connect`).
+    /// The control-plane netns (`lo` holds `ip/32`; `eth0` gets `ip/prefix_len` on `connect`).
     pub ns: NetNs,
     /// Certificates, keys, token file, kubeconfig, logs, etcd data.
     pub dir: TempDir,
@@ -151,9 +162,18 @@ fn random_token() -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The last `lines` lines of a log; when a Go process crashed, the start of its panic (the
+/// goroutine dump after it is long) instead.
 fn tail(path: &Path, lines: usize) -> String {
     let s = fs::read_to_string(path).unwrap_or_default();
     let v: Vec<&str> = s.lines().collect();
+    if let Some(i) = v
+        .iter()
+        .position(|l| l.starts_with("panic:") || l.starts_with("fatal error:"))
+    {
+        let from = i.saturating_sub(5);
+        return v[from..(i + lines).min(v.len())].join("\n");
+    }
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
@@ -173,16 +193,9 @@ impl ControlPlane {
         }
         let bin_dir = kube_bin_dir();
         let ns = NetNs::new("kcp");
-        ns.exec_ok(&["ip", "link", "add", "kube0", "type", "dummy"]);
-        ns.exec_ok(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/32", opts.ip),
-            "dev",
-            "kube0",
-        ]);
-        ns.exec_ok(&["ip", "link", "set", "kube0", "up"]);
+        // On lo until `connect` adds it to eth0 too: the apiserver binds before any topology
+        // exists (this kernel may lack the dummy driver).
+        ns.exec_ok(&["ip", "addr", "add", &format!("{}/32", opts.ip), "dev", "lo"]);
         let dir = TempDir::new("kube");
         let mut cp = ControlPlane {
             procs: Vec::new(),
@@ -196,6 +209,9 @@ impl ControlPlane {
         cp.start_etcd();
         cp.start_apiserver(&bin_dir);
         cp.start_controller_manager(&bin_dir);
+        if cp.opts.scheduler {
+            cp.start_scheduler(&bin_dir);
+        }
         if cp.opts.wait_service_account {
             let ok = wait_until(120, || {
                 let out = cp.kubectl(&[
@@ -398,7 +414,15 @@ impl ControlPlane {
     /// The last 30 lines of every component's log, for assertion messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for c in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        for c in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
+            if !self.log_path(c).exists() {
+                continue;
+            }
             s.push_str(&format!("--- {c} ---\n{}\n", tail(&self.log_path(c), 30)));
         }
         s
@@ -540,6 +564,75 @@ impl ControlPlane {
         self.wait_ready("kube-controller-manager", |cp| {
             cp.curl_ok("https://127.0.0.1:10257/healthz", &["-k"])
         });
+    }
+
+    fn start_scheduler(&mut self, bin_dir: &Path) {
+        let kc = self.kubeconfig().display().to_string();
+        let mut args = vec![
+            format!("--kubeconfig={kc}"),
+            format!("--authentication-kubeconfig={kc}"),
+            format!("--authorization-kubeconfig={kc}"),
+            "--bind-address=127.0.0.1".into(),
+            "--secure-port=10259".into(),
+            "--port=0".into(),
+            "--leader-elect=false".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        args.extend(self.opts.scheduler_args.iter().cloned());
+        self.spawn("kube-scheduler", &bin_dir.join("kube-scheduler"), &args);
+        self.wait_ready("kube-scheduler", |cp| {
+            cp.curl_ok("https://127.0.0.1:10259/healthz", &["-k"])
+        });
+    }
+
+    /// A raw API call with the admin token from inside the control-plane netns (curl):
+    /// `method` (GET, POST, PUT, PATCH, DELETE), `path` (`/api/v1/nodes/n1/status`), an optional
+    /// JSON body and its content type (PATCH: `application/merge-patch+json`,
+    /// `application/strategic-merge-patch+json`, `application/json-patch+json`; else
+    /// `application/json`). Returns (HTTP status, parsed body or `Value::Null`).
+    pub fn api(&self, method: &str, path: &str, body: Option<(&str, &Value)>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url());
+        let ca = self.ca_cert().display().to_string();
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let mut argv: Vec<String> = [
+            "curl",
+            "-sS",
+            "-m",
+            "20",
+            "--cacert",
+            &ca,
+            "-H",
+            &auth,
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some((ctype, b)) = body {
+            argv.extend([
+                "-H".into(),
+                format!("Content-Type: {ctype}"),
+                "--data-binary".into(),
+                b.to_string(),
+            ]);
+        }
+        argv.push(url);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = self.ns.exec(&refs);
+        assert!(
+            out.status.success(),
+            "curl {method} {path}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let code = code.trim().parse().unwrap_or(0);
+        (code, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
     /// Plug the control plane into a test switch: a veth `eth0` here (address `ip/prefix_len`)
