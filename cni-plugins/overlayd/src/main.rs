@@ -7,12 +7,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use nestbox_overlayd::agent::{Agent, Options};
 use nestbox_overlayd::backend::{hostgw::HostGw, vxlan::Vxlan, Backend};
+use nestbox_overlayd::config::NetworkConfig;
 use nestbox_overlayd::iface::{self, Choice};
 use nestbox_overlayd::subnet::etcd::EtcdSubnetManager;
+use nestbox_overlayd::subnet::kube::KubeSubnetManager;
+use nestbox_overlayd::subnet::SubnetManager;
 use nestbox_overlayd::subnet_env::SubnetEnv;
 use nestbox_overlayd::{cni_plugin, masq};
 
@@ -133,9 +136,6 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if cli.subnet_mgr == SubnetMgr::Kube {
-        bail!("--subnet-mgr kube is not implemented yet (use etcd)");
-    }
     let underlay = iface::choose(&Choice {
         iface: cli.iface.clone(),
         iface_regex: cli.iface_regex.clone(),
@@ -145,17 +145,42 @@ fn run(cli: Cli) -> Result<()> {
         mtu = underlay.mtu, reason = %underlay.reason, "underlay interface chosen");
 
     let ttl = Duration::from_secs(cli.subnet_lease_ttl.max(1));
-    let mut sm = EtcdSubnetManager::new(&cli.etcd_endpoints, &cli.etcd_prefix, ttl);
-    use nestbox_overlayd::subnet::SubnetManager;
-    if let Some(path) = &cli.net_conf {
-        if sm.network_config().is_err() {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let c = nestbox_overlayd::config::NetworkConfig::parse(&bytes)?;
-            sm.put_config(&c)?;
-            tracing::info!(path = %path.display(), "network config stored in etcd");
+    let mut sm: Box<dyn SubnetManager> = match cli.subnet_mgr {
+        SubnetMgr::Etcd => {
+            let mut sm = EtcdSubnetManager::new(&cli.etcd_endpoints, &cli.etcd_prefix, ttl);
+            if let Some(path) = &cli.net_conf {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let c = NetworkConfig::parse(&bytes)?;
+                if sm.network_config().is_err() {
+                    sm.put_config(&c)?;
+                    tracing::info!(path = %path.display(), "network config stored in etcd");
+                }
+            }
+            Box::new(sm)
         }
-    }
+        SubnetMgr::Kube => {
+            let node = cli
+                .node_name
+                .clone()
+                .or_else(|| std::env::var("NODE_NAME").ok())
+                .or_else(|| {
+                    nix::unistd::gethostname()
+                        .ok()
+                        .and_then(|h| h.into_string().ok())
+                })
+                .context("no --node-name, NODE_NAME or hostname")?;
+            let conf = cli
+                .net_conf
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/etc/kube-flannel/net-conf.json"));
+            Box::new(KubeSubnetManager::new(
+                cli.kubeconfig.as_deref(),
+                &node,
+                &conf,
+            )?)
+        }
+    };
     // Backend settings: flags win over the network config.
     let conf_backend = if cli.backend.is_none() || cli.vni.is_none() || cli.port.is_none() {
         sm.network_config().ok().map(|c| c.backend)
@@ -204,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handler")?;
     }
     let mut agent = Agent {
-        sm: Box::new(sm),
+        sm,
         backend,
         underlay,
         opts: Options {

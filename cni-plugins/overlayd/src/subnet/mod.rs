@@ -1,7 +1,8 @@
 //! Subnet managers: where the network config lives and how a node leases its subnet and
-//! learns its peers' leases. `etcd` implements it; `kube` is not written yet.
+//! learns its peers' leases: `etcd` (v3, leases with TTLs) and `kube` (node podCIDRs).
 
 pub mod etcd;
+pub mod kube;
 
 use ipnetwork::Ipv4Network;
 
