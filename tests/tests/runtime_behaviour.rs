@@ -1023,3 +1023,72 @@ fn seccomp_notify_fd_goes_to_the_listener() {
         "{payload}"
     );
 }
+
+#[test]
+fn devices_sysctl_oom_score_and_no_new_privs() {
+    let mut b = bundle_with(&[
+        "sh",
+        "-c",
+        "stat -c '%F %t:%T %a' /dev/fuse /dev/null /dev/urandom; cat /proc/sys/net/ipv4/ip_forward; cat /proc/self/oom_score_adj; grep NoNewPrivs /proc/self/status",
+    ]);
+    b.config["linux"]["devices"] = json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o640, "uid": 0, "gid": 0}]);
+    b.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    b.config["process"]["oomScoreAdj"] = json!(123);
+    b.write();
+    let (code, out) = run_both(&b);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "character special file a:e5 640\ncharacter special file 1:3 666\ncharacter special file 1:9 666\n1\n123\nNoNewPrivs:\t1\n"
+    );
+}
+
+#[test]
+fn cgroup_namespace_roots_the_container_cgroup() {
+    let mut b = bundle_with(&["sh", "-c", "grep -E ':(memory|pids):' /proc/self/cgroup"]);
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "cgroup"}));
+    b.write();
+    assert_eq!(run_both(&b), (0, "8:pids:/\n4:memory:/\n".into()));
+}
+
+#[test]
+fn mounts_stay_inside_the_rootfs_and_honour_options() {
+    let host_dir = TempDir::new("mnt-src");
+    std::fs::write(host_dir.path().join("data"), "from-host\n").expect("write");
+    let mut b = bundle_with(&[
+        "sh",
+        "-c",
+        "cat /data/data; touch /data/new 2>/dev/null; echo ro=$?; touch /scratch/x && echo tmpfs-ok; cat /etc/escaped",
+    ]);
+    // A symlink in the rootfs that points at the host's /etc: a mount through it must land
+    // inside the rootfs, never on the host.
+    std::os::unix::fs::symlink("/etc", b.rootfs().join("evil")).expect("symlink");
+    b.config["mounts"].as_array_mut().unwrap().extend([
+        json!({"destination": "/data", "type": "bind", "source": host_dir.path(), "options": ["rbind", "ro"]}),
+        json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}),
+        json!({"destination": "/evil/escaped", "type": "bind", "source": host_dir.path().join("data"), "options": ["bind", "ro"]}),
+    ]);
+    b.write();
+    assert_eq!(
+        run_both(&b),
+        (0, "from-host\nro=1\ntmpfs-ok\nfrom-host\n".into())
+    );
+    assert!(
+        !Path::new("/etc/escaped").exists(),
+        "a mount target escaped the rootfs onto the host"
+    );
+}
+
+#[test]
+fn domainname_is_set() {
+    // runc 1.1 predates `domainname`: nestbox only.
+    let nb = Runtime::nestbox();
+    let mut b = bundle_with(&["cat", "/proc/sys/kernel/domainname"]);
+    b.config["domainname"] = json!("nest.example");
+    b.write();
+    let (code, out, err) = nb.run(&b);
+    assert_eq!((code, out.as_str()), (0, "nest.example\n"), "{err}");
+}
