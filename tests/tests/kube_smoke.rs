@@ -193,3 +193,40 @@ fn scheduler_binds_a_pod_to_a_ready_node_and_state_survives_an_apiserver_restart
     });
     assert!(ok, "no podCIDR after the restart: {n}");
 }
+
+#[test]
+fn a_component_that_dies_at_start_up_fails_clearly_and_leaves_nothing_behind() {
+    let res = std::panic::catch_unwind(|| {
+        ControlPlane::start_with(KubeOpts {
+            apiserver_args: vec!["--no-such-flag=1".into()],
+            ..KubeOpts::default()
+        })
+    });
+    let err = match res {
+        Ok(_) => panic!("a control plane with a bad apiserver flag started"),
+        Err(e) => e
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "<non-string panic>".into()),
+    };
+    assert!(err.contains("kube-apiserver exited"), "{err}");
+    assert!(
+        err.contains("no-such-flag"),
+        "the log tail is missing: {err}"
+    );
+    let ns = err
+        .split("control plane in netns ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no netns name in: {err}"));
+    assert!(
+        !std::path::Path::new("/run/netns").join(ns).exists(),
+        "netns {ns} left behind"
+    );
+    let dir = err
+        .split("(files in ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no dir in: {err}"));
+    assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
+}

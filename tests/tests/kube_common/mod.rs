@@ -413,7 +413,11 @@ impl ControlPlane {
 
     /// The last 30 lines of every component's log, for assertion messages.
     pub fn logs(&self) -> String {
-        let mut s = String::new();
+        let mut s = format!(
+            "control plane in netns {} (files in {})\n",
+            self.ns.name(),
+            self.dir.path().display()
+        );
         for c in [
             "etcd",
             "kube-apiserver",
