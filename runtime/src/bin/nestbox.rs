@@ -26,7 +26,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    logging::init(sink.clone(), cli.debug);
+    let debug = cli.debug || cli.log_level.as_deref() == Some("debug");
+    logging::init(sink.clone(), debug);
     let result = if cli.starts_container() {
         nestbox_runtime::memfd::ensure_sealed_exe()
             .map_err(anyhow::Error::from)

@@ -43,9 +43,18 @@ pub struct Cli {
     /// Use systemd for cgroups (cgroupsPath as slice:prefix:name).
     #[arg(long = "systemd-cgroup", global = true)]
     pub systemd_cgroup: bool,
-    /// Accepted for runc compatibility (true|false|auto).
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
+    /// Accepted for runc compatibility (true|false|auto; `--rootless=VALUE`).
+    #[arg(
+        long,
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub rootless: Option<String>,
+    /// Log level (debug, info, warn, error); `--debug` is the same as `--log-level debug`.
+    #[arg(long = "log-level", global = true)]
+    pub log_level: Option<String>,
     /// Accepted for runc compatibility (checkpointing is not supported).
     #[arg(long, global = true)]
     pub criu: Option<String>,
@@ -101,6 +110,7 @@ const LONG_FLAGS: &[&str] = &[
     "root",
     "log",
     "log-format",
+    "log-level",
     "debug",
     "systemd-cgroup",
     "rootless",
@@ -120,25 +130,121 @@ const LONG_FLAGS: &[&str] = &[
     "force",
     "format",
     "quiet",
+    "process",
+    "tty",
+    "cwd",
+    "env",
+    "user",
+    "additional-gids",
+    "cap",
+    "no-new-privs",
+    "process-label",
+    "apparmor",
+    "resources",
+    "blkio-weight",
+    "cpu-period",
+    "cpu-quota",
+    "cpu-share",
+    "cpu-rt-period",
+    "cpu-rt-runtime",
+    "cpuset-cpus",
+    "cpuset-mems",
+    "memory",
+    "memory-reservation",
+    "memory-swap",
+    "pids-limit",
+    "kernel-memory",
+    "kernel-memory-tcp",
+    "stats",
+    "interval",
 ];
 
-/// Rewrite single-dash long flags to the double-dash form clap expects.
+/// Flags that take a value (so the next argument is not a positional).
+const VALUE_FLAGS: &[&str] = &[
+    "root",
+    "log",
+    "log-format",
+    "log-level",
+    "criu",
+    "bundle",
+    "pid-file",
+    "console-socket",
+    "preserve-fds",
+    "format",
+    "process",
+    "cwd",
+    "env",
+    "user",
+    "additional-gids",
+    "cap",
+    "process-label",
+    "apparmor",
+    "resources",
+    "blkio-weight",
+    "cpu-period",
+    "cpu-quota",
+    "cpu-share",
+    "cpu-rt-period",
+    "cpu-rt-runtime",
+    "cpuset-cpus",
+    "cpuset-mems",
+    "memory",
+    "memory-reservation",
+    "memory-swap",
+    "pids-limit",
+    "kernel-memory",
+    "kernel-memory-tcp",
+    "interval",
+    "b",
+    "p",
+    "e",
+    "u",
+    "g",
+    "c",
+    "f",
+    "r",
+];
+
+/// Rewrite single-dash long flags to the double-dash form clap expects. Stops after the
+/// container id (the second positional), so a command run by `exec` keeps its own flags.
 pub fn normalise_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let mut out = Vec::new();
-    let mut after_terminator = false;
+    let mut positionals = 0;
+    let mut expect_value = false;
+    let mut verbatim = false;
+    let mut args = args.into_iter();
+    out.extend(args.next());
     for arg in args {
-        let s = arg.to_string_lossy();
-        if after_terminator {
+        let s = arg.to_string_lossy().into_owned();
+        if verbatim {
             out.push(arg);
             continue;
         }
         if s == "--" {
-            after_terminator = true;
-        } else if s.starts_with('-') && !s.starts_with("--") && s.len() > 2 {
-            let name = s[1..].split('=').next().unwrap_or_default();
-            if LONG_FLAGS.contains(&name) {
+            verbatim = true;
+            out.push(arg);
+            continue;
+        }
+        if s.starts_with('-') && s.len() > 1 {
+            let name = s.trim_start_matches('-');
+            let (name, has_value) = match name.split_once('=') {
+                Some((n, _)) => (n, true),
+                None => (name, false),
+            };
+            expect_value = !has_value && VALUE_FLAGS.contains(&name);
+            if !s.starts_with("--") && s.len() > 2 && LONG_FLAGS.contains(&name) {
                 out.push(OsString::from(format!("-{s}")));
                 continue;
+            }
+            out.push(arg);
+            continue;
+        }
+        if expect_value {
+            expect_value = false;
+        } else {
+            positionals += 1;
+            if positionals == 2 {
+                verbatim = true;
             }
         }
         out.push(arg);
@@ -220,6 +326,46 @@ mod tests {
                 "--no-subreaper",
                 "id"
             ]
+        );
+    }
+
+    #[test]
+    fn go_runc_command_lines_parse() {
+        use clap::Parser;
+        for line in [
+            "nestbox --root /r --log /l.json --log-format json --systemd-cgroup create --bundle /b --pid-file /p --console-socket /s --no-pivot --no-new-keyring --preserve-fds 2 id",
+            "nestbox --root=/r --rootless=false --log-level=debug run -d --no-subreaper --keep --bundle /b id",
+            "nestbox --rootless kill --all id 9",
+            "nestbox exec --process /p.json --detach --pid-file /p -t --console-socket /s id",
+            "nestbox exec -e A=1 --env B=2 -u 1000:1000 --cwd /tmp id sh -c true",
+            "nestbox ps --format json id",
+            "nestbox update --resources - id",
+            "nestbox events --stats --interval 1s id",
+            "nestbox delete --force id",
+            "nestbox -root /r -log-format json list -format json",
+        ] {
+            let args = normalise_args(line.split(' ').map(OsString::from));
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{line}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn exec_command_flags_are_left_alone() {
+        let args: Vec<OsString> = [
+            "nestbox", "-root", "/r", "exec", "-cwd", "/", "id", "find", "-user", "root",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let out: Vec<String> = normalise_args(args)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            out,
+            ["nestbox", "--root", "/r", "exec", "--cwd", "/", "id", "find", "-user", "root"]
         );
     }
 }
