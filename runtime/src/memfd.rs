@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 
@@ -26,8 +26,7 @@ pub fn ensure_sealed_exe() -> Result<()> {
     )
     .ctx(|| "memfd_create".into())?;
     let mut exe = std::fs::File::open("/proc/self/exe").ctx(|| "open /proc/self/exe".into())?;
-    // SAFETY: dup gives a new fd we own; the File closes it.
-    let mut copy = unsafe { std::fs::File::from_raw_fd(libc::dup(fd.as_raw_fd())) };
+    let mut copy = std::fs::File::from(fd.try_clone().ctx(|| "dup of the memfd".into())?);
     std::io::copy(&mut exe, &mut copy).ctx(|| "copying the binary into the memfd".into())?;
     copy.flush().ctx(|| "memfd flush".into())?;
     drop(copy);
