@@ -88,9 +88,9 @@ impl Store {
         if taken {
             return Ok(false);
         }
-        fs::write(
-            self.dir.join(format!("{LAST_RESERVED}{set}")),
-            ip.to_string(),
+        write_in_place(
+            &self.dir.join(format!("{LAST_RESERVED}{set}")),
+            ip.to_string().as_bytes(),
         )
         .map_err(|e| Error::io("failed to write last reserved IP", e))?;
         Ok(true)
@@ -176,6 +176,20 @@ impl Store {
         }
         Ok(freed)
     }
+}
+
+/// Overwrite a small file without truncating it to zero first: on ext4 a truncate-to-zero
+/// rewrite starts writeback of the file at close (auto_da_alloc), which costs more than
+/// the whole reservation. A torn write only misplaces the round-robin cursor.
+fn write_in_place(p: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(p)?;
+    f.write_all(data)?;
+    f.set_len(data.len() as u64)
 }
 
 fn remove(p: &Path) -> Result<()> {

@@ -68,6 +68,8 @@ impl KubeSubnetManager {
         node_name: &str,
         net_conf: &Path,
     ) -> Result<KubeSubnetManager, Error> {
+        // kube's rustls needs a process-wide crypto provider; ring is the one built in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
