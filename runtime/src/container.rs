@@ -221,11 +221,34 @@ fn listen_exec_socket(path: &Path) -> Result<OwnedFd> {
         None,
     )
     .ctx(|| "exec socket".into())?;
-    let addr = UnixAddr::new(path).ctx(|| format!("exec socket {}", shown(path)))?;
+    let (_dir, short) = short_socket_path(path)?;
+    let addr = UnixAddr::new(&short).ctx(|| format!("exec socket {}", shown(path)))?;
     bind(fd.as_raw_fd(), &addr).ctx(|| format!("binding {}", shown(path)))?;
     listen(&fd, Backlog::new(1).unwrap_or(Backlog::MAXCONN))
         .ctx(|| "listen on the exec socket".into())?;
     Ok(fd)
+}
+
+/// A unix socket path short enough for sun_path (108 bytes): long paths (deep --root, long
+/// ids) go through an O_PATH fd of the directory, `/proc/self/fd/N/name`. Keep the returned
+/// fd alive while the path is used.
+fn short_socket_path(path: &Path) -> Result<(Option<OwnedFd>, PathBuf)> {
+    if path.as_os_str().len() < 100 {
+        return Ok((None, path.to_path_buf()));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok((None, path.to_path_buf()));
+    };
+    let fd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("open {}", shown(dir)))?;
+    // SAFETY: open returned a fresh fd that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let short = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+    Ok((Some(fd), short))
 }
 
 /// Load a container's state; unknown ids give "does not exist".
@@ -262,7 +285,8 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         None,
     )
     .ctx(|| "exec socket".into())?;
-    let addr = UnixAddr::new(&path).ctx(|| format!("exec socket {}", shown(&path)))?;
+    let (_dir, short) = short_socket_path(&path)?;
+    let addr = UnixAddr::new(&short).ctx(|| format!("exec socket {}", shown(&path)))?;
     connect(fd.as_raw_fd(), &addr).ctx(|| format!("connecting to {}", shown(&path)))?;
     let _ = std::fs::remove_file(&path);
     // Init closes the connection by exec (close-on-exec) or writes why it failed.

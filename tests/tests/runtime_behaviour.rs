@@ -1092,3 +1092,21 @@ fn domainname_is_set() {
     let (code, out, err) = nb.run(&b);
     assert_eq!((code, out.as_str()), (0, "nest.example\n"), "{err}");
 }
+
+#[test]
+fn long_state_root_and_id_work() {
+    // The exec socket path exceeds sun_path's 108 bytes here.
+    for rt in runtimes() {
+        let root = rt.root.path().join("r".repeat(60)).join("s".repeat(40));
+        let id = format!("{}{}", unique("lg"), "i".repeat(60));
+        let b = bundle_with(&["echo", "long"]);
+        let (code, out, err) =
+            nestbox_tests::run(Command::new(&rt.bin).arg("--root").arg(&root).args([
+                "run",
+                "--bundle",
+                b.path().to_str().unwrap(),
+                &id,
+            ]));
+        assert_eq!((code, out.as_str()), (0, "long\n"), "{}: {err}", rt.name);
+    }
+}
