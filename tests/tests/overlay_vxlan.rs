@@ -171,3 +171,65 @@ fn direct_routing_uses_host_gw_routes_for_peers_on_the_same_network() {
     }
     assert_full_mesh(&c);
 }
+
+#[test]
+fn cni_plugin_delegates_flannel_style_and_del_uses_the_saved_delegate() {
+    let mut c = Cluster::new(1, VXLAN_CONF, &[]);
+    c.start_all();
+    let node = &c.nodes[0];
+    let pod = nestbox_tests::NetNs::new("opd");
+    let data_dir = node.dir.path().join("flannel");
+    let ipam_dir = node.dir.path().join("ipam");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "ovlcni", "type": "nestbox-vxlan",
+        "subnetFile": node.env_path(), "dataDir": data_dir,
+        "ipam": {"dataDir": ipam_dir},
+        "delegate": {"hairpinMode": true},
+    });
+    let netns = pod.path().display().to_string();
+    let (code, out, err) = cni(node, &c.cni_bin, "ADD", "ctr7", &netns, &conf);
+    assert_eq!(code, 0, "{out}{err}");
+    let result: Value = serde_json::from_str(&out).expect("result");
+
+    // The saved delegate: flannel's keys from subnet.env plus the user's.
+    let saved: Value = serde_json::from_slice(
+        &std::fs::read(data_dir.join("ctr7")).expect("delegate saved at dataDir/<containerID>"),
+    )
+    .expect("delegate JSON");
+    let lease = lease_of_env(&node.env_value("FLANNEL_SUBNET").unwrap_or_default());
+    assert_eq!(saved["type"], "nestbox-bridge");
+    assert_eq!(saved["isGateway"], true);
+    assert_eq!(saved["mtu"], 1450);
+    assert_eq!(
+        saved["ipMasq"], true,
+        "agent without --ip-masq → the bridge masquerades"
+    );
+    assert_eq!(saved["hairpinMode"], true);
+    assert_eq!(saved["ipam"]["type"], "nestbox-host-local");
+    assert_eq!(saved["ipam"]["ranges"][0][0]["subnet"], lease.as_str());
+    assert_eq!(saved["ipam"]["routes"][0]["dst"], "10.244.0.0/16");
+    let mtu = pod.exec_ok(&["cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1450");
+
+    // CHECK against the ADD result, then DEL: address released, delegate file removed.
+    let mut check = conf.clone();
+    check["prevResult"] = result;
+    let (code, out, err) = cni(node, &c.cni_bin, "CHECK", "ctr7", &netns, &check);
+    assert_eq!(code, 0, "CHECK: {out}{err}");
+    let (code, out, err) = cni(node, &c.cni_bin, "DEL", "ctr7", &netns, &conf);
+    assert_eq!(code, 0, "DEL: {out}{err}");
+    assert!(!data_dir.join("ctr7").exists());
+    assert!(!pod.exec(&["ip", "link", "show", "eth0"]).status.success());
+    let leftover: Vec<String> = std::fs::read_dir(ipam_dir.join("ovlcni"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftover.is_empty(),
+        "addresses still reserved: {leftover:?}"
+    );
+}

@@ -101,7 +101,10 @@ pub fn sync_routes(
     Ok(changes)
 }
 
-/// Peers: every lease but ours.
+/// Peers: every lease but ours — and but stale ones of ours (same public IP, another
+/// subnet), which would otherwise route a subnet back to this very node.
 pub fn peers_of<'a>(own: &'a Lease, leases: &'a [Lease]) -> impl Iterator<Item = &'a Lease> {
-    leases.iter().filter(move |l| l.subnet != own.subnet)
+    leases
+        .iter()
+        .filter(move |l| l.subnet != own.subnet && l.attrs.public_ip != own.attrs.public_ip)
 }
