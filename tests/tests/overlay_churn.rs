@@ -219,3 +219,88 @@ fn a_killed_agents_lease_expires_at_its_ttl_and_peers_drop_it() {
         "live agent lost its lease"
     );
 }
+
+#[test]
+fn iptables_masquerade_fallback_holds_flannels_rules_and_cleanup_removes_them() {
+    nestbox_tests::require_cmd("iptables");
+    let mut c = Cluster::new(
+        1,
+        VXLAN_CONF,
+        &["--ip-masq", "--ip-masq-backend", "iptables"],
+    );
+    c.start_all();
+    let n = &c.nodes[0];
+    let lease = lease_of_env(&n.env_value("FLANNEL_SUBNET").unwrap_or_default());
+    let mut nat = String::new();
+    let ok = eventually(10, || {
+        nat = String::from_utf8_lossy(
+            &n.ns
+                .exec(&["iptables", "-t", "nat", "-S", "NESTBOX-OVL-POSTRTG"])
+                .stdout,
+        )
+        .into_owned();
+        nat.lines().count() == 5
+    });
+    assert!(ok, "nat chain: {nat}\n{}", n.log());
+    assert!(
+        nat.contains("-s 10.244.0.0/16 -d 10.244.0.0/16 -j RETURN"),
+        "{nat}"
+    );
+    assert!(
+        nat.contains("-s 10.244.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully"),
+        "{nat}"
+    );
+    assert!(
+        nat.contains(&format!("! -s 10.244.0.0/16 -d {lease} -j RETURN")),
+        "{nat}"
+    );
+    assert!(
+        nat.contains("! -s 10.244.0.0/16 -d 10.244.0.0/16 -j MASQUERADE --random-fully"),
+        "{nat}"
+    );
+    let post =
+        n.ns.exec_ok(&["iptables", "-t", "nat", "-S", "POSTROUTING"]);
+    assert!(post.contains("-j NESTBOX-OVL-POSTRTG"), "{post}");
+    let fwd = n.ns.exec_ok(&["iptables", "-S", "NESTBOX-OVL-FWD"]);
+    assert!(
+        fwd.contains("-s 10.244.0.0/16 -j ACCEPT") && fwd.contains("-d 10.244.0.0/16 -j ACCEPT"),
+        "{fwd}"
+    );
+    // No nftables table from us in this mode.
+    assert!(!n
+        .ns
+        .exec(&["nft", "list", "table", "ip", "nestbox-overlay"])
+        .status
+        .success());
+
+    c.nodes[0].stop_agent();
+    let n = &c.nodes[0];
+    let out = std::process::Command::new(nestbox_tests::bin("nestbox-overlayd"))
+        .arg("--netns")
+        .arg(n.ns.path())
+        .args([
+            "--iface",
+            "eth0",
+            "--etcd-endpoints",
+            &c.etcd.url(),
+            "--cleanup",
+            "--subnet-file",
+        ])
+        .arg(n.env_path())
+        .output()
+        .expect("run --cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!n
+        .ns
+        .exec(&["iptables", "-t", "nat", "-S", "NESTBOX-OVL-POSTRTG"])
+        .status
+        .success());
+    assert!(!n
+        .ns
+        .exec_ok(&["iptables", "-t", "nat", "-S", "POSTROUTING"])
+        .contains("NESTBOX-OVL"));
+}

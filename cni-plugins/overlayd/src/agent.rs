@@ -20,6 +20,7 @@ use crate::Error;
 pub struct Options {
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
+    pub masq_backend: MasqBackend,
     /// How often the peers' leases are read.
     pub poll_interval: Duration,
     /// Full reconcile at least this often.
@@ -121,7 +122,7 @@ impl Agent {
         let Some(mut own) = self.acquire(&config, prefer, stop) else {
             return Ok(());
         };
-        let masq_backend = MasqBackend::detect();
+        let masq_backend = self.opts.masq_backend;
         let (tx, changed) = std::sync::mpsc::channel();
         if let Err(e) = self.sm.watch(tx) {
             tracing::warn!(error = %e, "watching leases failed; polling only");

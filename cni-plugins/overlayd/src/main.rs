@@ -27,6 +27,12 @@ enum BackendKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MasqKind {
+    Nftables,
+    Iptables,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SubnetMgr {
     Etcd,
     Kube,
@@ -81,6 +87,9 @@ struct Cli {
     /// Install masquerade rules for traffic leaving the cluster network.
     #[arg(long = "ip-masq")]
     ip_masq: bool,
+    /// Masquerade rules in nftables or iptables (default: nftables when `nft` exists).
+    #[arg(long = "ip-masq-backend", value_enum)]
+    ip_masq_backend: Option<MasqKind>,
     /// VXLAN: route directly (host-gw style) to peers on a directly connected network.
     #[arg(long = "direct-routing")]
     direct_routing: bool,
@@ -218,7 +227,9 @@ fn run(cli: Cli) -> Result<()> {
             .map(|e| e.network)
             .or_else(|| sm.network_config().ok().map(|c| c.network));
         backend.cleanup(network)?;
-        masq::remove(masq::MasqBackend::detect());
+        // Whichever backend put them there.
+        masq::remove(masq::MasqBackend::Nftables);
+        masq::remove(masq::MasqBackend::Iptables);
         let _ = std::fs::remove_file(&cli.subnet_file);
         tracing::info!("cleaned up");
         return Ok(());
@@ -235,6 +246,11 @@ fn run(cli: Cli) -> Result<()> {
         opts: Options {
             subnet_file: cli.subnet_file,
             ip_masq: cli.ip_masq,
+            masq_backend: match cli.ip_masq_backend {
+                Some(MasqKind::Nftables) => masq::MasqBackend::Nftables,
+                Some(MasqKind::Iptables) => masq::MasqBackend::Iptables,
+                None => masq::MasqBackend::detect(),
+            },
             poll_interval: Duration::from_secs(1),
             reconcile_interval: Duration::from_secs(cli.reconcile_interval.max(1)),
             renew_interval: (ttl / 3).max(Duration::from_secs(1)),
