@@ -138,13 +138,25 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         _ => None,
     };
 
-    // A pid namespace joined by path applies to our children: setns before the clone.
-    if let Some(pos) = joins
-        .iter()
-        .position(|(t, _)| *t == LinuxNamespaceType::Pid)
-    {
-        let (typ, fd) = joins.remove(pos);
-        crate::namespaces::join(typ, &fd)?;
+    // A pid namespace joined by path applies to our children: setns before the clone. With a
+    // new user namespace, init could no longer join namespaces owned by ours, so net, ipc and
+    // uts are joined here too (this process only writes files from now on) and inherited.
+    let new_user = namespaces.has_new(LinuxNamespaceType::User);
+    let mut i = 0;
+    while i < joins.len() {
+        let typ = joins[i].0;
+        let early = typ == LinuxNamespaceType::Pid
+            || (new_user
+                && matches!(
+                    typ,
+                    LinuxNamespaceType::Network | LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts
+                ));
+        if early {
+            let (typ, fd) = joins.remove(i);
+            crate::namespaces::join(typ, &fd)?;
+        } else {
+            i += 1;
+        }
     }
     // A new time namespace applies to children only: unshare it here so init is born in it.
     if namespaces.has_new(LinuxNamespaceType::Time) {

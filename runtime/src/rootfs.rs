@@ -420,6 +420,20 @@ fn mount_entry(ctx: &RootfsContext, m: &Mount) -> Result<()> {
     } else {
         let flags = opts.flags - MsFlags::MS_REMOUNT;
         let result = mount(Some(&source), &via, Some(typ), flags, data);
+        if typ == "sysfs" && result == Err(nix::errno::Errno::EPERM) {
+            // A user namespace without its own network namespace may not mount sysfs: show
+            // the host's, read-only.
+            mount(
+                Some("/sys"),
+                &via,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .ctx(|| "bind /sys".into())?;
+            drop(fd);
+            return remount_bind(&dest, flags | MsFlags::MS_RDONLY);
+        }
         if let Err(nix::errno::Errno::EPERM | nix::errno::Errno::EBUSY) = result {
             // Read-only sysfs/proc mounts can be refused outright in some namespaces: mount
             // read-write, then remount read-only.

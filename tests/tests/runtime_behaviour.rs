@@ -1110,3 +1110,29 @@ fn long_state_root_and_id_work() {
         assert_eq!((code, out.as_str()), (0, "long\n"), "{}: {err}", rt.name);
     }
 }
+
+#[test]
+fn new_user_namespace_with_a_network_namespace_joined_by_path() {
+    use std::os::unix::fs::MetadataExt;
+    let netns = nestbox_tests::NetNs::new("rtu");
+    let inode = std::fs::metadata(netns.path()).expect("netns file").ino();
+    let mut b = bundle_with(&["sh", "-c", "readlink /proc/self/ns/net; id -u"]);
+    for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = json!(netns.path());
+        }
+    }
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.config["linux"]["uidMappings"] = map.clone();
+    b.config["linux"]["gidMappings"] = map;
+    b.write();
+    // runc 1.1 fails here (it mounts sysfs in a netns it does not own): nestbox only.
+    let nb = Runtime::nestbox();
+    let (code, out, err) = nb.run(&b);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("net:[{inode}]\n0\n")), "{out}");
+}
