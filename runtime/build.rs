@@ -16,10 +16,29 @@ fn main() {
     let target = std::env::var("TARGET").expect("TARGET");
     let built = out_dir.join("nestbox-pause");
     let status = Command::new(rustc)
-        .args(["--edition", "2021", "--crate-type", "bin", "--crate-name", "nestbox_pause"])
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "bin",
+            "--crate-name",
+            "nestbox_pause",
+        ])
         .args(["--target", &target])
-        .args(["-C", "opt-level=s", "-C", "panic=abort", "-C", "strip=symbols"])
-        .args(["-C", "target-feature=+crt-static", "-C", "relocation-model=static"])
+        .args([
+            "-C",
+            "opt-level=s",
+            "-C",
+            "panic=abort",
+            "-C",
+            "strip=symbols",
+        ])
+        .args([
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "relocation-model=static",
+        ])
         .arg("-o")
         .arg(&built)
         .arg("src/pause/main.rs")
