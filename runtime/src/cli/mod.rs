@@ -1,6 +1,7 @@
 //! The runc-compatible command line: global flags, one file per subcommand. Each subcommand
 //! parses its flags and calls one library function.
 
+pub mod checkpoint;
 pub mod create;
 pub mod delete;
 pub mod events;
@@ -101,6 +102,10 @@ pub enum Command {
     Update(update::Args),
     /// Container stats and OOM events as JSON lines.
     Events(events::Args),
+    /// Not supported (CRIU).
+    Checkpoint(checkpoint::Args),
+    /// Not supported (CRIU).
+    Restore(checkpoint::Args),
     /// Print the runtime's supported features (JSON).
     Features(features::Args),
 }
@@ -288,6 +293,7 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Update(a) => update::run(cli, a),
         Command::Events(a) => events::run(cli, a),
         Command::Features(a) => features::run(cli, a),
+        Command::Checkpoint(a) | Command::Restore(a) => checkpoint::run(cli, a),
     }
 }
 
