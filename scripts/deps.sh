@@ -10,7 +10,7 @@ PKGS=(
   busybox-static iproute2 util-linux procps psmisc jq file kmod
   nftables iptables iputils-ping
   # real peers
-  runc crun containerd podman containernetworking-plugins etcd-server openssl
+  runc crun containerd podman containernetworking-plugins etcd-server openssl curl
   # benchmarks
   hyperfine time iperf3
 )

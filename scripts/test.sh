@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 bash scripts/deps.sh
+# A real kube-apiserver 1.20.2 + controller-manager, built once from Debian's source package
+# (cached under /var/cache/nestbox; ~7 min the first time on 2 cores).
+bash scripts/kube-build.sh
 
 echo "== build (release)"
 cargo build --release --workspace
