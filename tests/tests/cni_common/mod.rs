@@ -302,6 +302,8 @@ pub fn require_cni_tools() {
     require_cmd("ip");
     require_cmd("nft");
     require_cmd("iptables");
+    require_cmd("ping");
+    require_cmd("bridge");
     assert!(
         Path::new(REFERENCE_DIR).join("bridge").is_file(),
         "reference plugins missing in {REFERENCE_DIR}: apt-get install containernetworking-plugins"
