@@ -21,7 +21,7 @@ pub struct Options {
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
     pub masq_backend: MasqBackend,
-    /// How often the peers' leases are read.
+    /// How often the peers' leases are read without a watch (5 s at least with one).
     pub poll_interval: Duration,
     /// Full reconcile at least this often.
     pub reconcile_interval: Duration,
@@ -124,9 +124,14 @@ impl Agent {
         };
         let masq_backend = self.opts.masq_backend;
         let (tx, changed) = std::sync::mpsc::channel();
-        if let Err(e) = self.sm.watch(tx) {
-            tracing::warn!(error = %e, "watching leases failed; polling only");
-        }
+        // With a watch, the periodic re-read is only a safety net.
+        let poll_interval = match self.sm.watch(tx) {
+            Ok(()) => self.opts.poll_interval.max(Duration::from_secs(5)),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching leases failed; polling only");
+                self.opts.poll_interval
+            }
+        };
 
         let mut peers: Vec<Lease> = Vec::new();
         let mut dirty = true;
@@ -153,7 +158,7 @@ impl Agent {
                 }
             }
             if now >= next_poll {
-                next_poll = now + self.opts.poll_interval;
+                next_poll = now + poll_interval;
                 match self.sm.leases() {
                     Ok(all) => {
                         let ours = all.iter().any(|l| {

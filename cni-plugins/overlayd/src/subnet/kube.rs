@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 
-use ::kube::api::{Api, ListParams, Patch, PatchParams};
+use ::kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::{Client, Config};
 use ipnetwork::Ipv4Network;
@@ -27,6 +27,9 @@ pub const ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com/";
 
 pub struct KubeSubnetManager {
     rt: tokio::runtime::Runtime,
+    /// For the watch thread's own client (a client's worker runs on the runtime it was
+    /// made on, and ours only runs inside `block_on`).
+    config: Config,
     nodes: Api<Node>,
     node_name: String,
     net_conf: PathBuf,
@@ -73,7 +76,7 @@ impl KubeSubnetManager {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let client = rt.block_on(async {
+        let (client, config) = rt.block_on(async {
             let config = match kubeconfig {
                 Some(p) => {
                     let kc = Kubeconfig::read_from(p).map_err(|e| kerr("reading kubeconfig", e))?;
@@ -85,10 +88,12 @@ impl KubeSubnetManager {
                     .await
                     .map_err(|e| kerr("finding the apiserver", e))?,
             };
-            Client::try_from(config).map_err(|e| kerr("kube client", e))
+            let client = Client::try_from(config.clone()).map_err(|e| kerr("kube client", e))?;
+            Ok::<_, Error>((client, config))
         })?;
         Ok(KubeSubnetManager {
             rt,
+            config,
             nodes: Api::all(client),
             node_name: node_name.to_string(),
             net_conf: net_conf.to_path_buf(),
@@ -177,10 +182,72 @@ impl SubnetManager for KubeSubnetManager {
         )
     }
 
-    fn watch(&mut self, _changed: Sender<()>) -> Result<(), Error> {
-        // Polling only for now (the agent lists nodes every second).
-        Err(Error::Store("node watch not implemented; polling".into()))
+    fn watch(&mut self, changed: Sender<()>) -> Result<(), Error> {
+        let config = self.config.clone();
+        std::thread::Builder::new()
+            .name("node-watch".into())
+            .spawn(move || watch_nodes(config, changed))?;
+        Ok(())
     }
+}
+
+/// Watch Node objects on a runtime of this thread; any event wakes the agent, which then
+/// lists the nodes. Re-watches after errors and server-side timeouts.
+fn watch_nodes(config: Config, changed: Sender<()>) {
+    use futures::StreamExt;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "node watch runtime; polling only");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let nodes: Api<Node> = match Client::try_from(config) {
+            Ok(c) => Api::all(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "node watch client; polling only");
+                return;
+            }
+        };
+        let mut seen: std::collections::HashMap<String, Option<Lease>> = Default::default();
+        loop {
+            match nodes.watch(&WatchParams::default().timeout(290), "0").await {
+                Ok(stream) => {
+                    let mut stream = Box::pin(stream);
+                    while let Some(ev) = stream.next().await {
+                        // Only lease changes matter: node status heartbeats are ignored.
+                        let relevant = match ev {
+                            Ok(WatchEvent::Added(n)) | Ok(WatchEvent::Modified(n)) => {
+                                let name = n.metadata.name.clone().unwrap_or_default();
+                                let lease = lease_of_node(&n);
+                                seen.insert(name, lease.clone()) != Some(lease)
+                            }
+                            Ok(WatchEvent::Deleted(n)) => {
+                                let name = n.metadata.name.clone().unwrap_or_default();
+                                seen.remove(&name).flatten().is_some()
+                            }
+                            Ok(_) => false,
+                            Err(_) => break,
+                        };
+                        if relevant && changed.send(()).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "node watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+            if changed.send(()).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 #[cfg(test)]
