@@ -93,6 +93,7 @@ fn podman_publishes_a_port_through_our_bridge_and_the_reference_portmap() {
     require_cni_tools();
     require_cmd("podman");
     require_cmd("busybox");
+    require_cmd("wget");
     require_cmd("runc");
     require_cmd("nsenter");
     let node = NetNs::new("pmn");
@@ -135,7 +136,7 @@ fn podman_publishes_a_port_through_our_bridge_and_the_reference_portmap() {
     ]);
     let mut body = String::new();
     let reached = wait_until(10, || {
-        let out = client.exec(&["busybox", "wget", "-qO-", "-T", "2", "http://10.80.1.1:8080/"]);
+        let out = client.exec(&["wget", "-qO-", "-T", "2", "http://10.80.1.1:8080/"]);
         body = String::from_utf8_lossy(&out.stdout).into_owned();
         out.status.success()
     });
