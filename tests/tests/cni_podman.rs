@@ -47,7 +47,7 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        let _ = self.cmd(&["rm", "-af"]).output();
+        let _ = self.cmd(&["rm", "-af", "-t", "0"]).output();
         let _ = self.cmd(&["system", "reset", "-f"]).output();
     }
 }
@@ -153,7 +153,7 @@ fn podman_publishes_a_port_through_our_bridge_and_the_reference_portmap() {
     );
     assert_eq!(masq_rules(&node), 1);
 
-    podman.ok(&["rm", "-f", "web"]);
+    podman.ok(&["rm", "-f", "-t", "0", "web"]);
     assert!(
         veths(&node).iter().all(|v| !v.starts_with("veth")),
         "veth left after podman rm"
