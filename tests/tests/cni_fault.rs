@@ -28,6 +28,8 @@ fn del_after_a_killed_add_always_restores_a_clean_state() {
         .run(Some(&node), &exe, &conf)
         .ok();
 
+    let wrapper_dir = TempDir::new("cnifaultw");
+    let wrapper = exe_in(&node, &exe, &wrapper_dir);
     let mut seed: u64 = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
     let mut killed_mid_way = 0;
     for run in 0..RUNS {
@@ -39,11 +41,8 @@ fn del_after_a_killed_add_always_restores_a_clean_state() {
         seed ^= seed << 17;
         // 0..8 ms: our ADD takes a few ms, so this spans "before anything" to "done".
         let delay = Duration::from_micros(seed % 8000);
-        let mut child = Call::new("ADD", &id, &netns, "eth0", pd.path()).spawn(
-            None,
-            &exe_in(&node, &exe),
-            &conf,
-        );
+        let mut child =
+            Call::new("ADD", &id, &netns, "eth0", pd.path()).spawn(None, &wrapper, &conf);
         std::thread::sleep(delay);
         let _ = child.kill();
         let status = child.wait().expect("wait");
@@ -76,10 +75,8 @@ fn del_after_a_killed_add_always_restores_a_clean_state() {
 
 /// A wrapper that enters the node netns with `nsenter` and then execs the plugin, so the
 /// kill hits the plugin process itself (not an `ip netns exec` parent).
-fn exe_in(node: &NetNs, exe: &std::path::Path) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("nestbox-fault-{}", node.name()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let w = dir.join("bridge");
+fn exe_in(node: &NetNs, exe: &std::path::Path, dir: &TempDir) -> std::path::PathBuf {
+    let w = dir.path().join("bridge");
     std::fs::write(
         &w,
         format!(
