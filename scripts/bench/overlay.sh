@@ -54,6 +54,7 @@ teardown() {
     set -e
 }
 trap 'teardown; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 
 want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
