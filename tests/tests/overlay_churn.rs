@@ -304,3 +304,36 @@ fn iptables_masquerade_fallback_holds_flannels_rules_and_cleanup_removes_them() 
         .exec_ok(&["iptables", "-t", "nat", "-S", "POSTROUTING"])
         .contains("NESTBOX-OVL"));
 }
+
+#[test]
+fn conflicting_device_settings_are_repaired_with_the_same_mac() {
+    let mut c = Cluster::new(2, VXLAN_CONF, &[]);
+    c.start_all();
+    settle(&c);
+    let n = &c.nodes[0];
+    let mac = mac_of(n);
+    // Learning switched on (a setting that needs a new device) and the MTU changed.
+    n.ns.exec_ok(&["ip", "link", "set", "flannel.1", "mtu", "1300"]);
+    n.ns.exec_ok(&[
+        "ip",
+        "link",
+        "set",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "learning",
+    ]);
+    let ok = eventually(10, || {
+        let l = link_json(n, "flannel.1");
+        l["linkinfo"]["info_data"]["learning"] == false
+            && l["mtu"] == 1450
+            && l["address"] == mac.as_str()
+    });
+    assert!(
+        ok,
+        "device not repaired: {}\n{}",
+        link_json(n, "flannel.1"),
+        n.log()
+    );
+    wait_vxlan_layout(&c, 0, 10).unwrap_or_else(|e| panic!("entries after device repair: {e}"));
+}
