@@ -8,7 +8,7 @@ PKGS=(
   pkg-config libseccomp-dev gcc
   # the test image and tools the tests drive
   busybox-static iproute2 util-linux procps psmisc jq file kmod
-  nftables iptables iputils-ping
+  nftables iptables iputils-ping wget
   # real peers
   runc crun containerd podman containernetworking-plugins etcd-server openssl curl
   # benchmarks
