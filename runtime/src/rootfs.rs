@@ -572,7 +572,7 @@ const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
 
 fn create_default_devices(ctx: &RootfsContext) -> Result<()> {
     for (name, major, minor) in DEFAULT_DEVICES {
-        let dest = secure_join(ctx.rootfs, &Path::new("/dev").join(name))?;
+        let dest = device_path(ctx.rootfs, &Path::new("/dev").join(name))?;
         make_node(
             ctx,
             &dest,
@@ -627,7 +627,7 @@ fn create_device(ctx: &RootfsContext, dev: &LinuxDevice) -> Result<()> {
             shown(dev.path())
         )));
     }
-    let dest = secure_join(ctx.rootfs, dev.path())?;
+    let dest = device_path(ctx.rootfs, dev.path())?;
     let owner = Some((dev.uid().unwrap_or(0), dev.gid().unwrap_or(0)));
     make_node(
         ctx,
@@ -638,6 +638,17 @@ fn create_device(ctx: &RootfsContext, dev: &LinuxDevice) -> Result<()> {
         dev.file_mode().unwrap_or(0o666),
         owner,
     )
+}
+
+/// Where the node for `path` goes: its parent resolved inside the rootfs, the last component
+/// not followed. A rootfs entry already there (say `/dev/null` as a symlink to anywhere) is
+/// replaced by the node itself, never written through.
+fn device_path(rootfs: &Path, path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Spec(format!("device path {}: no file name", shown(path))))?;
+    let parent = secure_join(rootfs, path.parent().unwrap_or(Path::new("/")))?;
+    Ok(parent.join(name))
 }
 
 /// mknod a device node, or (in a user namespace, where mknod is refused) bind mount the

