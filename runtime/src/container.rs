@@ -658,6 +658,7 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         joins,
         console,
         preserve_fds: opts.preserve_fds,
+        state_json: state.oci_json(Status::Running),
     };
     let (pid, channel) = process::exec::spawn(config, child_end, parent_end)?;
     let fail = |e: Error| {

@@ -47,8 +47,17 @@ fn run_one(kind: &str, hook: &Hook, state_json: &str) -> Result<()> {
     }
     let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        // A hook may exit without reading its stdin: EPIPE is not its failure.
+        // A hook may exit without reading its stdin: EPIPE is not its failure. SIGPIPE is at
+        // its default (see the nestbox binary's main), which would kill us on that write:
+        // ignore it around the write. The runtime's processes are single-threaded.
+        // SAFETY: changing a signal disposition has no memory-safety preconditions.
+        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let _ = stdin.write_all(state_json.as_bytes());
+        drop(stdin);
+        if previous != libc::SIG_ERR {
+            // SAFETY: as above; restores what was there before.
+            unsafe { libc::signal(libc::SIGPIPE, previous) };
+        }
     }
     let deadline = hook
         .timeout()

@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub struct Listener {
     pub socket: OwnedFd,
     pub state_json: String,
+    /// The process the filter is for, as the agent sees pids; None: the state's pid (init).
+    pub pid: Option<i32>,
 }
 
 /// Open `linux.seccomp.listenerPath` (host path) for later use.
@@ -35,6 +37,7 @@ pub fn open_listener(profile: &LinuxSeccomp, state_json: &str) -> Result<Option<
     Ok(Some(Listener {
         socket,
         state_json: state_json.to_string(),
+        pid: None,
     }))
 }
 
@@ -54,7 +57,9 @@ pub fn load(profile: &LinuxSeccomp, listener: Option<&Listener>) -> Result<()> {
         Error::Other("seccomp: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath".into())
     })?;
     let state: serde_json::Value = serde_json::from_str(&listener.state_json).unwrap_or_default();
-    let pid = state["pid"].as_i64().unwrap_or(0) as i32;
+    let pid = listener
+        .pid
+        .unwrap_or_else(|| state["pid"].as_i64().unwrap_or(0) as i32);
     let via = format!("/proc/self/fd/{}", listener.socket.as_raw_fd());
     nestbox_seccomp::send_to_listener(
         Path::new(&via),

@@ -659,3 +659,160 @@ fn mount_destination_symlinked_out_of_the_rootfs_stays_inside() {
     }
     assert_eq!(outcomes[0], outcomes[1]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// seccomp user notification for `exec`
+// ---------------------------------------------------------------------------------------------
+
+/// One message with one SCM_RIGHTS fd (the seccomp agent's side of listenerPath).
+fn recv_fd(stream: &std::os::unix::net::UnixStream) -> (String, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 8192];
+    let mut cmsg = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header that we then fill in.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    // SAFETY: msg points at live buffers sized as declared.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
+    assert!(n > 0, "recvmsg: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel filled msg_control; CMSG_FIRSTHDR/CMSG_DATA walk it as documented.
+    let fd = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!c.is_null(), "no SCM_RIGHTS control message");
+        assert_eq!((*c).cmsg_type, libc::SCM_RIGHTS);
+        std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32)
+    };
+    // SAFETY: SCM_RIGHTS gave us a new fd that we now own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    (String::from_utf8_lossy(&buf[..n as usize]).into_owned(), fd)
+}
+
+/// struct seccomp_notif / seccomp_notif_resp (linux/seccomp.h).
+#[repr(C)]
+#[derive(Default)]
+struct SeccompNotif {
+    id: u64,
+    pid: u32,
+    flags: u32,
+    nr: i32,
+    arch: u32,
+    ip: u64,
+    args: [u64; 6],
+}
+
+#[repr(C)]
+struct SeccompNotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+
+const SECCOMP_IOCTL_NOTIF_RECV: libc::c_ulong = 0xc050_2100;
+const SECCOMP_IOCTL_NOTIF_SEND: libc::c_ulong = 0xc018_2101;
+
+/// Answer every notification on `fd` with EACCES until no process uses the filter any more
+/// (or 20 s passed); returns the syscall numbers seen.
+fn answer_eacces(fd: &std::os::fd::OwnedFd) -> Vec<i32> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+        if n <= 0 {
+            continue;
+        }
+        if pfd.revents & libc::POLLIN == 0 {
+            break; // POLLHUP: every task using the filter is gone
+        }
+        let mut notif = SeccompNotif::default();
+        // SAFETY: the ioctl fills a seccomp_notif of the declared layout.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), SECCOMP_IOCTL_NOTIF_RECV, &mut notif) } != 0 {
+            continue;
+        }
+        seen.push(notif.nr);
+        let mut resp = SeccompNotifResp {
+            id: notif.id,
+            val: 0,
+            error: -libc::EACCES,
+            flags: 0,
+        };
+        // SAFETY: the ioctl reads a seccomp_notif_resp of the declared layout.
+        unsafe { libc::ioctl(fd.as_raw_fd(), SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
+    }
+    seen
+}
+
+/// A seccomp profile with SCMP_ACT_NOTIFY applies to `exec`'d processes too: their notify fd
+/// reaches the agent (with the exec'd process's pid) and the agent's answers take effect.
+#[test]
+fn seccomp_notify_applies_to_exec() {
+    let rt = Runtime::nestbox();
+    let sock = rt.root.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind agent socket");
+    let agent = std::thread::spawn(move || {
+        // First the container's init, then the exec'd process.
+        let (init_conn, _) = listener.accept().expect("accept init");
+        let (_init_payload, init_fd) = recv_fd(&init_conn);
+        let (exec_conn, _) = listener.accept().expect("accept exec");
+        let (payload, fd) = recv_fd(&exec_conn);
+        let seen = answer_eacces(&fd);
+        drop(init_fd);
+        (payload, seen)
+    });
+    let mut b = Bundle::new();
+    b.config["root"]["readonly"] = json!(false);
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "listenerPath": sock,
+        "listenerMetadata": "meta-exec",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    b.set_args(&["sleep", "100"]);
+    b.write();
+    let id = rt.start(&b);
+    let pid_file = rt.root.path().join("exec.pid");
+    let (code, out, err) = rt.out(&[
+        "exec",
+        "--pid-file",
+        pid_file.to_str().expect("utf-8"),
+        &id,
+        "sh",
+        "-c",
+        "mkdir /tmp/notified 2>&1; echo $?",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out, "mkdir: can't create directory '/tmp/notified': Permission denied\n1\n",
+        "the agent's EACCES did not reach the exec'd process"
+    );
+    assert!(!b.rootfs().join("tmp/notified").exists());
+    assert_eq!(rt.out(&["delete", "--force", &id]).0, 0);
+    let (payload, seen) = agent.join().expect("agent");
+    let payload: Value = serde_json::from_str(&payload).expect("payload JSON");
+    assert_eq!(payload["fds"], json!(["seccompFd"]), "{payload}");
+    assert_eq!(payload["metadata"], "meta-exec", "{payload}");
+    assert_eq!(payload["state"]["id"], id, "{payload}");
+    let exec_pid: i64 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .parse()
+        .expect("pid");
+    assert_eq!(payload["pid"], exec_pid, "{payload}");
+    assert!(
+        seen.contains(&(libc::SYS_mkdir as i32)) || seen.contains(&(libc::SYS_mkdirat as i32)),
+        "no mkdir notification seen: {seen:?}"
+    );
+}

@@ -51,6 +51,8 @@ pub struct ExecConfig<'a> {
     pub joins: Vec<(LinuxNamespaceType, OwnedFd)>,
     pub console: Option<OwnedFd>,
     pub preserve_fds: i32,
+    /// The container's state JSON, for a seccomp agent (linux.seccomp.listenerPath).
+    pub state_json: String,
 }
 
 /// Clone the exec'd process. The parent must already have joined the pid namespace.
@@ -97,6 +99,24 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
         Message::Go => {}
         other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
     }
+    // A seccomp agent's socket is a host path: open it before joining the mount namespace,
+    // and tell the agent our pid as the host sees it (the host's /proc, still ours here).
+    let profile = config
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref());
+    let listener = match profile {
+        Some(p) => match crate::seccomp::open_listener(p, &config.state_json)? {
+            Some(mut l) => {
+                let own = std::fs::read_link("/proc/self").ctx(|| "readlink /proc/self".into())?;
+                l.pid = own.to_str().and_then(|s| s.parse().ok());
+                Some(l)
+            }
+            None => None,
+        },
+        None => None,
+    };
     for (typ, fd) in &config.joins {
         if *typ == LinuxNamespaceType::Pid {
             continue;
@@ -138,6 +158,6 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
         &args,
         &env,
         config.preserve_fds,
-        None,
+        listener.as_ref(),
     )
 }
