@@ -10,7 +10,6 @@ pub mod cni_plugin;
 pub mod config;
 pub mod iface;
 pub mod masq;
-pub mod netlink_ext;
 pub mod subnet;
 pub mod subnet_env;
 

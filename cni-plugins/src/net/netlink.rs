@@ -1,24 +1,30 @@
 //! A small synchronous rtnetlink client (one socket, bound to the netns it was created
-//! in) with the link/address/route operations the plugins need. No async runtime: a
-//! plugin is one short-lived single-threaded process.
+//! in) with the link/address/route/neighbour operations the plugins and the overlay agent
+//! need: veth/bridge/VXLAN links, addresses, routes (with `onlink`), ARP neighbours and
+//! bridge FDB entries. No async runtime: a plugin is one short-lived single-threaded
+//! process, and the agent keeps one client per backend.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
+    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData,
-    InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage, State,
 };
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -43,9 +49,53 @@ pub struct Link {
     pub promisc: bool,
     pub oper_up: bool,
     pub mtu: u32,
+    /// For a VXLAN device: its settings as the kernel reports them.
+    pub vxlan: Option<VxlanInfo>,
 }
 
-fn mac_string(b: &[u8]) -> String {
+/// A VXLAN device's settings as read back (`ip -d link show`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    pub learning: Option<bool>,
+    /// The underlay device's ifindex (`dev <iface>`).
+    pub underlay: Option<u32>,
+}
+
+/// A VXLAN device to create (flannel's layout: learning off, `local` and `dev` pinned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub port: u16,
+    /// The underlay device's ifindex.
+    pub underlay: u32,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+}
+
+/// A neighbour (ARP / NDP) entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neigh {
+    pub ip: IpAddr,
+    pub mac: Vec<u8>,
+    pub permanent: bool,
+}
+
+/// A bridge FDB entry (on a VXLAN device: which remote VTEP a MAC lives behind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fdb {
+    pub mac: Vec<u8>,
+    pub dst: Option<IpAddr>,
+    pub permanent: bool,
+    /// `self`: the entry belongs to the device itself, not to a bridge above it.
+    pub is_self: bool,
+}
+
+pub fn mac_string(b: &[u8]) -> String {
     b.iter()
         .map(|x| format!("{x:02x}"))
         .collect::<Vec<_>>()
@@ -81,8 +131,27 @@ impl Link {
                 LinkAttribute::OperState(s) => l.oper_up = *s == State::Up,
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
+                        match i {
+                            LinkInfo::Kind(k) => {
+                                l.kind = Some(k.to_string());
+                                if *k == InfoKind::Vxlan {
+                                    l.vxlan.get_or_insert_with(VxlanInfo::default);
+                                }
+                            }
+                            LinkInfo::Data(InfoData::Vxlan(v)) => {
+                                let x = l.vxlan.get_or_insert_with(VxlanInfo::default);
+                                for a in v {
+                                    match a {
+                                        InfoVxlan::Id(i) => x.vni = Some(*i),
+                                        InfoVxlan::Local(a) => x.local = Some(*a),
+                                        InfoVxlan::Port(p) => x.port = Some(*p),
+                                        InfoVxlan::Learning(b) => x.learning = Some(*b),
+                                        InfoVxlan::Link(i) => x.underlay = Some(*i),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -130,12 +199,98 @@ fn ip_of(r: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+fn ip_of_neigh(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        NeighbourAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        // Bridge-family (FDB) messages carry the remote address undecoded.
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Deleting what is already gone is success (reconcilers delete what they saw a moment ago).
+fn ok_if_gone<T>(r: io::Result<T>) -> io::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A unicast route to `dst` in the main table (the fields every route request shares).
+fn route_msg(dst: IpNetwork) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family_of(&dst.ip());
+    m.header.destination_prefix_length = dst.prefix();
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.kind = RouteType::Unicast;
+    if dst.prefix() > 0 {
+        m.attributes
+            .push(RouteAttribute::Destination(route_addr(dst.network())));
+    }
+    m
+}
+
+fn fdb_msg(ifindex: u32, mac: &[u8], dst: IpAddr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = ifindex;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.header.kind = RouteType::Unspec;
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m.attributes
+        .push(NeighbourAttribute::Destination(dst.into()));
+    m
+}
+
 /// A route as read back from the kernel (main table only).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEntry {
     pub dst: IpNetwork,
     pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
+    pub onlink: bool,
+}
+
+impl RouteEntry {
+    /// The entry and its table.
+    fn from_msg(r: &RouteMessage) -> Option<(u32, RouteEntry)> {
+        let mut table = r.header.table as u32;
+        let mut dst = None;
+        let mut gw = None;
+        let mut oif = None;
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Destination(d) => dst = ip_of(d),
+                RouteAttribute::Gateway(g) => gw = ip_of(g),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Table(t) => table = *t,
+                _ => {}
+            }
+        }
+        let dst = dst.unwrap_or(match r.header.address_family {
+            AddressFamily::Inet6 => IpAddr::from([0u16; 8]),
+            _ => IpAddr::from([0u8; 4]),
+        });
+        let dst = IpNetwork::new(dst, r.header.destination_prefix_length).ok()?;
+        let onlink = r.header.flags.contains(RouteFlags::Onlink);
+        Some((
+            table,
+            RouteEntry {
+                dst,
+                gw,
+                oif,
+                onlink,
+            },
+        ))
+    }
 }
 
 impl Netlink {
@@ -318,6 +473,27 @@ impl Netlink {
             .map(|_| ())
     }
 
+    /// `ip link add <name> address <mac> mtu <mtu> type vxlan id <vni> local <local>
+    /// dev <underlay> dstport <port> nolearning` (down: the caller brings it up).
+    pub fn create_vxlan(&mut self, s: &VxlanSpec) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(s.name.clone()));
+        m.attributes.push(LinkAttribute::Address(s.mac.to_vec()));
+        m.attributes.push(LinkAttribute::Mtu(s.mtu));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(s.vni),
+                InfoVxlan::Local(s.local),
+                InfoVxlan::Link(s.underlay),
+                InfoVxlan::Port(s.port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(|_| ())
+    }
+
     fn set_link(&mut self, index: u32, f: impl FnOnce(&mut LinkMessage)) -> io::Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
@@ -351,6 +527,10 @@ impl Netlink {
         self.set_link(index, |m| {
             m.attributes.push(LinkAttribute::Address(mac.to_vec()))
         })
+    }
+
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        self.set_link(index, |m| m.attributes.push(LinkAttribute::Mtu(mtu)))
     }
 
     /// Bridge port options (hairpin, isolation) on an enslaved link.
@@ -479,9 +659,7 @@ impl Netlink {
         gw: Option<IpAddr>,
         r: Option<&crate::cni::Route>,
     ) -> io::Result<()> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = family_of(&dst.ip());
-        m.header.destination_prefix_length = dst.prefix();
+        let mut m = route_msg(dst);
         m.header.table = r
             .and_then(|r| r.table)
             .filter(|t| *t < 256)
@@ -493,11 +671,6 @@ impl Netlink {
             (None, Some(_)) => RouteScope::Universe,
             (None, None) => RouteScope::Link,
         };
-        m.header.kind = RouteType::Unicast;
-        if dst.prefix() > 0 {
-            m.attributes
-                .push(RouteAttribute::Destination(route_addr(dst.network())));
-        }
         if let Some(gw) = gw {
             m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
         }
@@ -524,7 +697,67 @@ impl Netlink {
             .map(|_| ())
     }
 
-    /// Routes of the main table.
+    /// `ip route replace <dst> via <gw> dev <oif> [onlink]` (main table, proto boot).
+    pub fn replace_route(
+        &mut self,
+        dst: IpNetwork,
+        gw: IpAddr,
+        oif: u32,
+        onlink: bool,
+    ) -> io::Result<()> {
+        let mut m = route_msg(dst);
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Universe;
+        if onlink {
+            m.header.flags = RouteFlags::Onlink;
+        }
+        m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    /// Delete the main-table route to `dst` (matching gateway and device when given);
+    /// already gone is success.
+    pub fn del_route(
+        &mut self,
+        dst: IpNetwork,
+        gw: Option<IpAddr>,
+        oif: Option<u32>,
+    ) -> io::Result<()> {
+        let mut m = route_msg(dst);
+        m.header.scope = RouteScope::NoWhere;
+        if let Some(gw) = gw {
+            m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        }
+        if let Some(oif) = oif {
+            m.attributes.push(RouteAttribute::Oif(oif));
+        }
+        ok_if_gone(self.request(RouteNetlinkMessage::DelRoute(m), 0))
+    }
+
+    /// The route the kernel would take to `dst` (`ip route get`); None when unreachable.
+    pub fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<RouteEntry>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family_of(&dst);
+        m.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        m.attributes
+            .push(RouteAttribute::Destination(route_addr(dst)));
+        let r = match self.request(RouteNetlinkMessage::GetRoute(m), 0) {
+            Ok(r) => r,
+            Err(e) if is_errno(&e, libc::ENETUNREACH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(r.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => RouteEntry::from_msg(r).map(|(_, e)| e),
+            _ => None,
+        }))
+    }
+
+    /// Unicast routes of the main table, both families.
     pub fn routes(&mut self) -> io::Result<Vec<RouteEntry>> {
         let mut out = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -534,31 +767,130 @@ impl Netlink {
                 let RouteNetlinkMessage::NewRoute(r) = m else {
                     continue;
                 };
-                let mut table = r.header.table as u32;
-                let mut dst = None;
-                let mut gw = None;
-                let mut oif = None;
-                for a in &r.attributes {
-                    match a {
-                        RouteAttribute::Destination(d) => dst = ip_of(d),
-                        RouteAttribute::Gateway(g) => gw = ip_of(g),
-                        RouteAttribute::Oif(i) => oif = Some(*i),
-                        RouteAttribute::Table(t) => table = *t,
-                        _ => {}
-                    }
-                }
-                if table != RouteHeader::RT_TABLE_MAIN as u32 {
+                if r.header.kind != RouteType::Unicast {
                     continue;
                 }
-                let dst = dst.unwrap_or(match fam {
-                    AddressFamily::Inet => IpAddr::from([0u8; 4]),
-                    _ => IpAddr::from([0u16; 8]),
-                });
-                if let Ok(dst) = IpNetwork::new(dst, r.header.destination_prefix_length) {
-                    out.push(RouteEntry { dst, gw, oif });
+                match RouteEntry::from_msg(&r) {
+                    Some((table, e)) if table == RouteHeader::RT_TABLE_MAIN as u32 => out.push(e),
+                    _ => {}
                 }
             }
         }
         Ok(out)
+    }
+
+    // ---- neighbours (ARP / NDP) ----
+
+    /// IPv4 and IPv6 neighbours on `ifindex`.
+    pub fn neighbours(&mut self, ifindex: u32) -> io::Result<Vec<Neigh>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = NeighbourMessage::default();
+            q.header.family = fam;
+            for m in self.request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)? {
+                let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                    continue;
+                };
+                if n.header.ifindex != ifindex || n.header.family != fam {
+                    continue;
+                }
+                let mut ip = None;
+                let mut mac = Vec::new();
+                for a in &n.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(d) => ip = ip_of_neigh(d),
+                        NeighbourAttribute::LinkLayerAddress(b) => mac = b.clone(),
+                        _ => {}
+                    }
+                }
+                if let Some(ip) = ip {
+                    out.push(Neigh {
+                        ip,
+                        mac,
+                        permanent: n.header.state == NeighbourState::Permanent,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`.
+    pub fn set_neigh(&mut self, ifindex: u32, ip: IpAddr, mac: &[u8]) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of(&ip);
+        m.header.ifindex = ifindex;
+        m.header.state = NeighbourState::Permanent;
+        m.header.kind = RouteType::Unicast;
+        m.attributes
+            .push(NeighbourAttribute::Destination(ip.into()));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    /// `ip neigh del <ip> dev <ifindex>`; already gone is success.
+    pub fn del_neigh(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family_of(&ip);
+        m.header.ifindex = ifindex;
+        m.attributes
+            .push(NeighbourAttribute::Destination(ip.into()));
+        ok_if_gone(self.request(RouteNetlinkMessage::DelNeighbour(m), 0))
+    }
+
+    // ---- bridge FDB ----
+
+    /// FDB entries on `ifindex` (`bridge fdb show dev <ifindex>`).
+    pub fn fdb(&mut self, ifindex: u32) -> io::Result<Vec<Fdb>> {
+        let mut q = NeighbourMessage::default();
+        q.header.family = AddressFamily::Bridge;
+        let r = self.request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in r {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != ifindex || n.header.family != AddressFamily::Bridge {
+                continue;
+            }
+            let mut dst = None;
+            let mut mac = Vec::new();
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(d) => dst = ip_of_neigh(d),
+                    NeighbourAttribute::LinkLayerAddress(b) => mac = b.clone(),
+                    _ => {}
+                }
+            }
+            out.push(Fdb {
+                mac,
+                dst,
+                permanent: n.header.state == NeighbourState::Permanent,
+                is_self: n.header.flags.contains(NeighbourFlags::Own),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `bridge fdb replace <mac> dev <ifindex> dst <dst> self permanent`.
+    pub fn set_fdb(&mut self, ifindex: u32, mac: &[u8], dst: IpAddr) -> io::Result<()> {
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(fdb_msg(ifindex, mac, dst)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    /// `bridge fdb del <mac> dev <ifindex> dst <dst> self`; already gone is success.
+    pub fn del_fdb(&mut self, ifindex: u32, mac: &[u8], dst: IpAddr) -> io::Result<()> {
+        ok_if_gone(self.request(
+            RouteNetlinkMessage::DelNeighbour(fdb_msg(ifindex, mac, dst)),
+            0,
+        ))
     }
 }

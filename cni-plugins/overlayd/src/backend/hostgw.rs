@@ -5,17 +5,17 @@
 use std::collections::HashSet;
 
 use ipnetwork::Ipv4Network;
+use nestbox_cni::net::netlink::Netlink;
 use serde_json::Value;
 
 use super::{directly_reachable, sync_routes, Backend, WantRoute};
 use crate::config::Lease;
 use crate::iface::Underlay;
-use crate::netlink_ext::Rtnl;
 use crate::{Error, NlContext};
 
 pub struct HostGw {
     underlay: Underlay,
-    rtnl: Rtnl,
+    nl: Netlink,
     refused: HashSet<Ipv4Network>,
 }
 
@@ -23,7 +23,7 @@ impl HostGw {
     pub fn new(underlay: Underlay) -> Result<HostGw, Error> {
         Ok(HostGw {
             underlay,
-            rtnl: Rtnl::new().ctx(|| "opening rtnetlink".into())?,
+            nl: Netlink::new().ctx(|| "opening rtnetlink".into())?,
             refused: HashSet::new(),
         })
     }
@@ -56,7 +56,7 @@ impl Backend for HostGw {
                 continue;
             }
             let ip = p.attrs.public_ip;
-            if !directly_reachable(&mut self.rtnl, self.underlay.index, ip) {
+            if !directly_reachable(&mut self.nl, self.underlay.index, ip) {
                 if self.refused.insert(p.subnet) {
                     tracing::error!(subnet = %p.subnet, peer = %ip, iface = %self.underlay.name,
                         "host-gw refuses this peer: {ip} is not on a network directly connected to {} (host-gw needs L2 adjacency; use vxlan)",
@@ -73,7 +73,7 @@ impl Backend for HostGw {
             });
         }
         sync_routes(
-            &mut self.rtnl,
+            &mut self.nl,
             network,
             own.subnet,
             &want,
@@ -84,7 +84,7 @@ impl Backend for HostGw {
     fn cleanup(&mut self, network: Option<Ipv4Network>) -> Result<(), Error> {
         if let Some(network) = network {
             let own = Ipv4Network::new(network.network(), 32).unwrap_or(network);
-            sync_routes(&mut self.rtnl, network, own, &[], &[self.underlay.index])?;
+            sync_routes(&mut self.nl, network, own, &[], &[self.underlay.index])?;
         }
         Ok(())
     }

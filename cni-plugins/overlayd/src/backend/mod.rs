@@ -6,13 +6,13 @@
 pub mod hostgw;
 pub mod vxlan;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use nestbox_cni::net::netlink::{Netlink, RouteEntry};
 use serde_json::Value;
 
 use crate::config::Lease;
-use crate::netlink_ext::{Route4, Rtnl};
 use crate::{Error, NlContext};
 
 pub trait Backend {
@@ -35,8 +35,8 @@ pub trait Backend {
 }
 
 /// Whether `ip` is on a network directly connected to `underlay` (no gateway between).
-pub fn directly_reachable(rtnl: &mut Rtnl, underlay: u32, ip: Ipv4Addr) -> bool {
-    matches!(rtnl.route_get(ip), Ok(Some((oif, None))) if oif == underlay)
+pub fn directly_reachable(nl: &mut Netlink, underlay: u32, ip: Ipv4Addr) -> bool {
+    matches!(nl.route_get(ip.into()), Ok(Some(r)) if r.oif == Some(underlay) && r.gw.is_none())
 }
 
 /// A route this node wants: `dst via gw dev oif [onlink]`.
@@ -49,10 +49,10 @@ pub struct WantRoute {
 }
 
 impl WantRoute {
-    pub fn present_in(&self, actual: &[Route4]) -> bool {
+    pub fn present_in(&self, actual: &[RouteEntry]) -> bool {
         actual.iter().any(|r| {
-            r.dst == self.dst
-                && r.gw == Some(self.gw)
+            r.dst == IpNetwork::V4(self.dst)
+                && r.gw == Some(IpAddr::V4(self.gw))
                 && r.oif == Some(self.oif)
                 && r.onlink == self.onlink
         })
@@ -62,39 +62,40 @@ impl WantRoute {
 /// Add the missing `want` routes and delete routes into the cluster network through
 /// `managed` devices that nobody wants (stale peers). Returns the number of changes.
 pub fn sync_routes(
-    rtnl: &mut Rtnl,
+    nl: &mut Netlink,
     network: Ipv4Network,
     own: Ipv4Network,
     want: &[WantRoute],
     managed: &[u32],
 ) -> Result<usize, Error> {
-    let actual = rtnl.routes4().ctx(|| "listing routes".into())?;
+    let actual = nl.routes().ctx(|| "listing routes".into())?;
     let mut changes = 0;
     for w in want {
         if !w.present_in(&actual) {
-            rtnl.route_set(w.dst, w.gw, w.oif, w.onlink)
+            nl.replace_route(w.dst.into(), w.gw.into(), w.oif, w.onlink)
                 .ctx(|| format!("route {} via {} dev #{}", w.dst, w.gw, w.oif))?;
             tracing::info!(dst = %w.dst, gw = %w.gw, onlink = w.onlink, "route programmed");
             changes += 1;
         }
     }
     for r in &actual {
-        let Some(oif) = r.oif else { continue };
+        let (IpNetwork::V4(dst), Some(IpAddr::V4(gw)), Some(oif)) = (r.dst, r.gw, r.oif) else {
+            continue;
+        };
         if !managed.contains(&oif)
-            || r.gw.is_none()
-            || r.dst == own
-            || r.dst.prefix() < network.prefix()
-            || !network.contains(r.dst.network())
+            || dst == own
+            || dst.prefix() < network.prefix()
+            || !network.contains(dst.network())
         {
             continue;
         }
         let wanted = want
             .iter()
-            .any(|w| w.dst == r.dst && Some(w.gw) == r.gw && w.oif == oif);
+            .any(|w| w.dst == dst && w.gw == gw && w.oif == oif);
         if !wanted {
-            rtnl.route_del(r.dst, r.gw, Some(oif))
-                .ctx(|| format!("deleting stale route {}", r.dst))?;
-            tracing::info!(dst = %r.dst, gw = ?r.gw, "stale route removed");
+            nl.del_route(r.dst, r.gw, Some(oif))
+                .ctx(|| format!("deleting stale route {dst}"))?;
+            tracing::info!(%dst, %gw, "stale route removed");
             changes += 1;
         }
     }

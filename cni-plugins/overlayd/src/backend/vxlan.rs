@@ -6,16 +6,15 @@
 //! later step fails. With DirectRouting a peer on a directly connected network gets a
 //! host-gw route instead.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use nestbox_cni::net::netlink::Netlink;
+use nestbox_cni::net::netlink::{mac_string, parse_mac, Link, Netlink, VxlanSpec};
 use serde_json::Value;
 
 use super::{directly_reachable, sync_routes, Backend, WantRoute};
 use crate::config::{Lease, VxlanData};
 use crate::iface::Underlay;
-use crate::netlink_ext::{mac_string, parse_mac, Rtnl, VxlanLink, VxlanSpec};
 use crate::{random_mac, Error, NlContext};
 
 /// IPv4 + UDP + VXLAN + inner Ethernet headers.
@@ -27,7 +26,6 @@ pub struct Vxlan {
     port: u16,
     direct_routing: bool,
     mac: Option<[u8; 6]>,
-    rtnl: Rtnl,
     nl: Netlink,
 }
 
@@ -44,7 +42,6 @@ impl Vxlan {
             port,
             direct_routing,
             mac: None,
-            rtnl: Rtnl::new().ctx(|| "opening rtnetlink".into())?,
             nl: Netlink::new().ctx(|| "opening rtnetlink".into())?,
         })
     }
@@ -66,10 +63,10 @@ impl Vxlan {
     }
 
     /// Why an existing device cannot be kept (then it is recreated with the same MAC).
-    fn conflict(l: &VxlanLink, s: &VxlanSpec) -> Option<String> {
-        if !l.is_vxlan {
+    fn conflict(l: &Link, s: &VxlanSpec) -> Option<String> {
+        let Some(l) = &l.vxlan else {
             return Some("not a vxlan device".into());
-        }
+        };
         if l.vni != Some(s.vni) {
             return Some(format!("VNI {:?} != {}", l.vni, s.vni));
         }
@@ -94,13 +91,13 @@ impl Vxlan {
         self.mac = Some(spec.mac);
         let mut changes = 0;
         let mut link = self
-            .rtnl
-            .link(&spec.name)
+            .nl
+            .link_by_name(&spec.name)
             .ctx(|| format!("reading {}", spec.name))?;
         if let Some(l) = &link {
             if let Some(why) = Self::conflict(l, &spec) {
                 tracing::warn!(device = %spec.name, %why, "device settings conflict; recreating it");
-                self.rtnl
+                self.nl
                     .delete_link(l.index)
                     .ctx(|| format!("deleting {}", spec.name))?;
                 link = None;
@@ -109,28 +106,28 @@ impl Vxlan {
         let l = match link {
             Some(l) => l,
             None => {
-                self.rtnl
+                self.nl
                     .create_vxlan(&spec)
                     .ctx(|| format!("creating {}", spec.name))?;
                 tracing::info!(device = %spec.name, vni = spec.vni, local = %spec.local,
                     port = spec.port, mtu = spec.mtu, mac = %mac_string(&spec.mac), "VXLAN device created");
                 changes += 1;
-                self.rtnl
-                    .link(&spec.name)
+                self.nl
+                    .link_by_name(&spec.name)
                     .ctx(|| format!("reading {}", spec.name))?
                     .ok_or_else(|| {
                         Error::Config(format!("{} vanished after creation", spec.name))
                     })?
             }
         };
-        if l.mac != spec.mac {
-            self.rtnl
+        if l.mac != mac_string(&spec.mac) {
+            self.nl
                 .set_mac(l.index, &spec.mac)
                 .ctx(|| "setting VTEP MAC".into())?;
             changes += 1;
         }
         if l.mtu != spec.mtu {
-            self.rtnl
+            self.nl
                 .set_mtu(l.index, spec.mtu)
                 .ctx(|| "setting VTEP MTU".into())?;
             changes += 1;
@@ -156,8 +153,8 @@ impl Vxlan {
             changes += 1;
         }
         if !l.up {
-            self.rtnl
-                .set_up(l.index)
+            self.nl
+                .set_up(l.index, true)
                 .ctx(|| "bringing the VTEP up".into())?;
             changes += 1;
         }
@@ -174,21 +171,24 @@ impl Vxlan {
         route: &WantRoute,
         had: (bool, bool),
     ) -> Result<(), Error> {
-        self.rtnl
-            .neigh_set(dev, gw, mac)
+        self.nl
+            .set_neigh(dev, gw.into(), mac)
             .ctx(|| format!("neighbour {gw} lladdr {}", mac_string(mac)))?;
-        if let Err(e) = self.rtnl.fdb_set(dev, mac, peer) {
+        if let Err(e) = self.nl.set_fdb(dev, mac, peer.into()) {
             if !had.0 {
-                let _ = self.rtnl.neigh_del(dev, gw);
+                let _ = self.nl.del_neigh(dev, gw.into());
             }
             return Err(e).ctx(|| format!("fdb {} dst {peer}", mac_string(mac)));
         }
-        if let Err(e) = self.rtnl.route_set(route.dst, gw, dev, true) {
+        if let Err(e) = self
+            .nl
+            .replace_route(route.dst.into(), gw.into(), dev, true)
+        {
             if !had.1 {
-                let _ = self.rtnl.fdb_del(dev, mac, peer);
+                let _ = self.nl.del_fdb(dev, mac, peer.into());
             }
             if !had.0 {
-                let _ = self.rtnl.neigh_del(dev, gw);
+                let _ = self.nl.del_neigh(dev, gw.into());
             }
             return Err(e).ctx(|| format!("route {} via {gw} onlink", route.dst));
         }
@@ -211,11 +211,11 @@ impl Backend for Vxlan {
             .and_then(|d| parse_mac(&d.vtep_mac).ok());
         let name = Self::device_name(self.vni);
         let from_device = self
-            .rtnl
-            .link(&name)
+            .nl
+            .link_by_name(&name)
             .ctx(|| format!("reading {name}"))?
-            .filter(|l| l.is_vxlan && l.mac.len() == 6)
-            .map(|l| l.mac);
+            .filter(|l| l.vxlan.is_some())
+            .and_then(|l| parse_mac(&l.mac).ok());
         let (mac, source) = match (from_lease, from_device) {
             (Some(m), _) => (m, "previous lease"),
             (None, Some(m)) => (m, "existing device"),
@@ -240,15 +240,15 @@ impl Backend for Vxlan {
     ) -> Result<usize, Error> {
         let (dev, mut changes) = self.ensure_device(own)?;
         let neighs = self
-            .rtnl
+            .nl
             .neighbours(dev)
             .ctx(|| "listing neighbours".into())?;
-        let fdb = self.rtnl.fdb(dev).ctx(|| "listing fdb".into())?;
-        let routes = self.rtnl.routes4().ctx(|| "listing routes".into())?;
+        let fdb = self.nl.fdb(dev).ctx(|| "listing fdb".into())?;
+        let routes = self.nl.routes().ctx(|| "listing routes".into())?;
 
         let mut want_routes = Vec::new();
-        let mut want_neigh: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
-        let mut want_fdb: Vec<(Vec<u8>, Ipv4Addr)> = Vec::new();
+        let mut want_neigh: Vec<(IpAddr, Vec<u8>)> = Vec::new();
+        let mut want_fdb: Vec<(Vec<u8>, IpAddr)> = Vec::new();
         let mut errors = Vec::new();
         for p in peers {
             let peer_ip = p.attrs.public_ip;
@@ -261,8 +261,7 @@ impl Backend for Vxlan {
                 tracing::warn!(subnet = %p.subnet, "peer lease has no valid VtepMAC; skipped");
                 continue;
             };
-            if self.direct_routing
-                && directly_reachable(&mut self.rtnl, self.underlay.index, peer_ip)
+            if self.direct_routing && directly_reachable(&mut self.nl, self.underlay.index, peer_ip)
             {
                 want_routes.push(WantRoute {
                     dst: p.subnet,
@@ -281,13 +280,13 @@ impl Backend for Vxlan {
             };
             let has_neigh = neighs
                 .iter()
-                .any(|n| n.ip == gw && n.mac == mac && n.permanent);
-            let has_fdb = fdb
-                .iter()
-                .any(|f| f.mac == mac && f.dst == Some(peer_ip) && f.permanent && f.is_self);
+                .any(|n| n.ip == IpAddr::V4(gw) && n.mac == mac && n.permanent);
+            let has_fdb = fdb.iter().any(|f| {
+                f.mac == mac && f.dst == Some(IpAddr::V4(peer_ip)) && f.permanent && f.is_self
+            });
             let has_route = route.present_in(&routes);
             if !(has_neigh && has_fdb && has_route) {
-                let had_neigh = neighs.iter().any(|n| n.ip == gw);
+                let had_neigh = neighs.iter().any(|n| n.ip == IpAddr::V4(gw));
                 let had_fdb = fdb.iter().any(|f| f.mac == mac);
                 match self.program_peer(dev, gw, &mac, peer_ip, &route, (had_neigh, had_fdb)) {
                     Ok(()) => {
@@ -301,8 +300,8 @@ impl Backend for Vxlan {
                     }
                 }
             }
-            want_neigh.push((gw, mac.clone()));
-            want_fdb.push((mac, peer_ip));
+            want_neigh.push((gw.into(), mac.clone()));
+            want_fdb.push((mac, peer_ip.into()));
             want_routes.push(route);
         }
 
@@ -312,8 +311,8 @@ impl Backend for Vxlan {
                 .iter()
                 .any(|(ip, mac)| *ip == n.ip && *mac == n.mac)
             {
-                self.rtnl
-                    .neigh_del(dev, n.ip)
+                self.nl
+                    .del_neigh(dev, n.ip)
                     .ctx(|| format!("deleting neighbour {}", n.ip))?;
                 tracing::info!(ip = %n.ip, "stale neighbour removed");
                 changes += 1;
@@ -322,15 +321,15 @@ impl Backend for Vxlan {
         for f in fdb.iter() {
             let Some(dst) = f.dst else { continue };
             if !want_fdb.iter().any(|(mac, ip)| *mac == f.mac && *ip == dst) {
-                self.rtnl
-                    .fdb_del(dev, &f.mac, dst)
+                self.nl
+                    .del_fdb(dev, &f.mac, dst)
                     .ctx(|| format!("deleting fdb {}", mac_string(&f.mac)))?;
                 tracing::info!(mac = %mac_string(&f.mac), %dst, "stale fdb entry removed");
                 changes += 1;
             }
         }
         changes += sync_routes(
-            &mut self.rtnl,
+            &mut self.nl,
             network,
             own.subnet,
             &want_routes,
@@ -344,15 +343,19 @@ impl Backend for Vxlan {
 
     fn cleanup(&mut self, network: Option<Ipv4Network>) -> Result<(), Error> {
         let name = Self::device_name(self.vni);
-        if let Some(l) = self.rtnl.link(&name).ctx(|| format!("reading {name}"))? {
-            self.rtnl
+        if let Some(l) = self
+            .nl
+            .link_by_name(&name)
+            .ctx(|| format!("reading {name}"))?
+        {
+            self.nl
                 .delete_link(l.index)
                 .ctx(|| format!("deleting {name}"))?;
             tracing::info!(device = %name, "VXLAN device removed");
         }
         if let Some(network) = network {
             let own = Ipv4Network::new(network.network(), 32).unwrap_or(network);
-            sync_routes(&mut self.rtnl, network, own, &[], &[self.underlay.index])?;
+            sync_routes(&mut self.nl, network, own, &[], &[self.underlay.index])?;
         }
         Ok(())
     }
