@@ -8,13 +8,13 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
+use nestbox_cni::plugins::overlay::subnet_env::SubnetEnv;
 
 use crate::backend::{peers_of, Backend};
 use crate::config::{Lease, LeaseAttrs, NetworkConfig};
 use crate::iface::Underlay;
 use crate::masq::{self, MasqBackend};
 use crate::subnet::SubnetManager;
-use crate::subnet_env::SubnetEnv;
 use crate::Error;
 
 pub struct Options {

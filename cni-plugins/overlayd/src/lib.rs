@@ -1,17 +1,16 @@
 //! nestbox-overlayd: a flannel-compatible overlay agent. A node leases a pod subnet from a
 //! [`subnet::SubnetManager`] (etcd), publishes its VTEP, and a [`backend::Backend`]
 //! (VXLAN or host-gw) keeps the kernel's routes, neighbours and FDB entries equal to the
-//! peers' leases ([`agent`] runs the reconcile loop). [`cni_plugin`] is the CNI side
-//! (flannel's CNI plugin: subnet.env → bridge delegate).
+//! peers' leases ([`agent`] runs the reconcile loop). The CNI side (flannel's plugin:
+//! subnet.env → bridge delegate) and the subnet.env format live in nestbox-cni
+//! (`plugins::overlay`); kernel operations go through nestbox-cni's `net::netlink`.
 
 pub mod agent;
 pub mod backend;
-pub mod cni_plugin;
 pub mod config;
 pub mod iface;
 pub mod masq;
 pub mod subnet;
-pub mod subnet_env;
 
 use std::io;
 

@@ -1,5 +1,5 @@
-//! `nestbox-overlayd`: the overlay agent's CLI. Also the overlay CNI plugin when called
-//! as `nestbox-vxlan` / `nestbox-host-gw` (argv[0]).
+//! `nestbox-overlayd`: the overlay agent's CLI. The overlay's CNI plugin is nestbox-cni's
+//! `nestbox-vxlan` / `nestbox-host-gw`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
+use nestbox_cni::plugins::overlay::subnet_env::{SubnetEnv, DEFAULT_SUBNET_FILE};
 use nestbox_overlayd::agent::{Agent, Options};
 use nestbox_overlayd::backend::{hostgw::HostGw, vxlan::Vxlan, Backend};
 use nestbox_overlayd::config::NetworkConfig;
 use nestbox_overlayd::iface::{self, Choice};
+use nestbox_overlayd::masq;
 use nestbox_overlayd::subnet::etcd::EtcdSubnetManager;
 use nestbox_overlayd::subnet::kube::KubeSubnetManager;
 use nestbox_overlayd::subnet::SubnetManager;
-use nestbox_overlayd::subnet_env::SubnetEnv;
-use nestbox_overlayd::{cni_plugin, masq};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendKind {
@@ -79,7 +79,7 @@ struct Cli {
     /// flannel's net-conf.json (kube mode; with etcd, written to <prefix>/config when absent).
     #[arg(long = "net-conf")]
     net_conf: Option<PathBuf>,
-    #[arg(long = "subnet-file", default_value = cni_plugin::DEFAULT_SUBNET_FILE)]
+    #[arg(long = "subnet-file", default_value = DEFAULT_SUBNET_FILE)]
     subnet_file: PathBuf,
     /// TTL of our subnet lease in seconds (renewed at a third of it).
     #[arg(long = "subnet-lease-ttl", default_value_t = 86400)]
@@ -115,15 +115,6 @@ fn enter_netns(path: &PathBuf) -> Result<()> {
 }
 
 fn main() {
-    let arg0 = std::env::args().next().unwrap_or_default();
-    let base = std::path::Path::new(&arg0)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
-    if matches!(base.as_str(), "nestbox-vxlan" | "nestbox-host-gw") {
-        std::process::exit(nestbox_cni::cni::skel::run(&cni_plugin::OverlayPlugin));
-    }
     let cli = Cli::parse();
     if let Some(ns) = &cli.netns {
         if let Err(e) = enter_netns(ns) {

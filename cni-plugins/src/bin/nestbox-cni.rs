@@ -1,5 +1,6 @@
 //! `nestbox-cni`: one binary, acting as the plugin named by argv[0]'s basename
-//! (`nestbox-bridge`, `bridge`, `nestbox-host-local`, ...), or `nestbox-cni <plugin>`.
+//! (`nestbox-bridge`, `bridge`, `nestbox-host-local`, `nestbox-vxlan`, `flannel`, ...), or
+//! `nestbox-cni <plugin>`.
 
 fn main() {
     let mut argv = std::env::args();
@@ -18,7 +19,7 @@ fn main() {
         Some(plugin) => std::process::exit(nestbox_cni::cni::skel::run(plugin)),
         None => {
             eprintln!(
-                "nestbox-cni: unknown plugin {name:?}; install as nestbox-bridge, nestbox-host-local or nestbox-loopback (or run `nestbox-cni <plugin>`)"
+                "nestbox-cni: unknown plugin {name:?}; install as nestbox-bridge, nestbox-host-local, nestbox-loopback, nestbox-vxlan or nestbox-host-gw (or run `nestbox-cni <plugin>`)"
             );
             std::process::exit(2);
         }

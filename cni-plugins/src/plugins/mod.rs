@@ -5,18 +5,21 @@
 pub mod bridge;
 pub mod host_local;
 pub mod loopback;
+pub mod overlay;
 
 use std::path::Path;
 
 use crate::cni::skel::{CmdArgs, Command, Plugin};
 use crate::cni::{invoke, CniResult, Result};
 
-/// The plugin an applet name stands for (`bridge`, `nestbox-bridge`, ...).
+/// The plugin an applet name stands for (`bridge`, `nestbox-bridge`, `nestbox-vxlan`,
+/// `flannel`, ...).
 pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
     match name.strip_prefix("nestbox-").unwrap_or(name) {
         "bridge" => Some(&bridge::Bridge),
         "host-local" => Some(&host_local::HostLocal),
         "loopback" => Some(&loopback::Loopback),
+        "vxlan" | "host-gw" | "flannel" => Some(&overlay::Overlay),
         _ => None,
     }
 }

@@ -1,12 +1,14 @@
-//! `/run/flannel/subnet.env`, the file the CNI plugin reads: written atomically
-//! (temp file + rename) so a plugin never sees half of it.
+//! `/run/flannel/subnet.env`: the overlay agent (nestbox-overlayd) writes it, the plugin
+//! reads it. One implementation of flannel's format for both sides; written atomically so
+//! a plugin never sees half of it.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnetwork::Ipv4Network;
+
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
@@ -37,16 +39,7 @@ impl SubnetEnv {
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(self.render().as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)
+        super::write_atomic(path, self.render().as_bytes())
     }
 
     pub fn parse(text: &str) -> Option<SubnetEnv> {

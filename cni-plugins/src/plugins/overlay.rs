@@ -1,20 +1,23 @@
-//! The overlay's CNI plugin (`nestbox-vxlan`, `nestbox-host-gw`), with flannel's CNI
-//! semantics: read the agent's subnet.env and delegate to the bridge plugin with
-//! `isGateway`, the overlay MTU, `ipMasq: !FLANNEL_IPMASQ` and host-local over the node's
-//! subnet (route to the cluster network), plus the user's `delegate` keys. The delegate
-//! config is saved at `<dataDir>/<containerID>` so DEL works after subnet.env changed or
-//! vanished. subnet.env missing at ADD → code 11 (try again later): the agent is starting.
+//! The overlay's CNI plugin (`nestbox-vxlan`, `nestbox-host-gw`; `flannel` as a drop-in),
+//! with flannel's CNI semantics: read the agent's (nestbox-overlayd's) subnet.env and
+//! delegate to the bridge plugin with `isGateway`, the overlay MTU,
+//! `ipMasq: !FLANNEL_IPMASQ` and host-local over the node's subnet (route to the cluster
+//! network), plus the user's `delegate` keys. The delegate config is saved at
+//! `<dataDir>/<containerID>` so DEL works after subnet.env changed or vanished.
+//! subnet.env missing at ADD → code 11 (try again later): the agent is starting.
 
+pub mod subnet_env;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use nestbox_cni::cni::skel::{CmdArgs, Plugin};
-use nestbox_cni::cni::{invoke, CniResult, Code, Error, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::subnet_env::SubnetEnv;
+use crate::cni::skel::{CmdArgs, Plugin};
+use crate::cni::{invoke, CniResult, Code, Error, Result};
+use subnet_env::{SubnetEnv, DEFAULT_SUBNET_FILE};
 
-pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
 
 #[derive(Debug, Deserialize)]
@@ -30,8 +33,9 @@ struct Conf {
     ipam: Option<Map<String, Value>>,
 }
 
-/// `nestbox-vxlan` / `nestbox-host-gw` (same behaviour: the agent's backend decides).
-pub struct OverlayPlugin;
+/// `nestbox-vxlan` / `nestbox-host-gw` / `flannel` (same behaviour: the agent's backend
+/// decides).
+pub struct Overlay;
 
 fn conf(args: &CmdArgs) -> Result<Conf> {
     args.plugin_conf()
@@ -80,13 +84,20 @@ pub fn delegate_conf(
     Value::Object(d)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Temp file + fsync + rename: a reader (the plugin, a later DEL) never sees half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+        std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 fn delegate_type(d: &Value) -> Result<String> {
@@ -114,7 +125,7 @@ fn read_env(c: &Conf) -> Result<Option<SubnetEnv>> {
     }
 }
 
-impl Plugin for OverlayPlugin {
+impl Plugin for Overlay {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let c = conf(args)?;
         let env = read_env(&c)?.ok_or_else(|| {
@@ -125,7 +136,8 @@ impl Plugin for OverlayPlugin {
         })?;
         let d = delegate_conf(args, &env, c.delegate.as_ref(), c.ipam.as_ref());
         let bytes = serde_json::to_vec(&d).map_err(|e| Error::internal(e.to_string()))?;
-        write_atomic(&saved_path(&c, &args.container_id), &bytes)?;
+        let saved = saved_path(&c, &args.container_id);
+        write_atomic(&saved, &bytes).map_err(|e| Error::io(saved.display(), e))?;
         let out = exec_delegate(args, &d, "ADD")?;
         let v: Value = serde_json::from_slice(&out)
             .map_err(|e| Error::new(Code::Decode, format!("decoding delegate result: {e}")))?;
