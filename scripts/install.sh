@@ -1,8 +1,10 @@
 #!/bin/sh
-# Install nestbox's CNI plugins: copy target/release/nestbox-cni into the CNI bin dir and
-# link the plugin names to it. The reference plugins' names (bridge, host-local,
-# loopback) are only taken with --drop-in.
+# Install nestbox's CNI plugins and overlay agent: copy target/release/nestbox-cni and
+# nestbox-overlayd into the CNI bin dir and link the plugin names to nestbox-cni
+# (nestbox-{bridge,host-local,loopback,vxlan,host-gw}). The reference plugins' names
+# (bridge, host-local, loopback) and flannel's are only taken with --drop-in.
 #   scripts/install.sh [--cni-bin-dir DIR] [--drop-in]
+# NESTBOX_CNI_BIN / NESTBOX_OVERLAYD_BIN override the binaries' paths.
 set -eu
 
 bin_dir=/opt/cni/bin
@@ -12,28 +14,45 @@ while [ $# -gt 0 ]; do
         --cni-bin-dir) bin_dir="$2"; shift 2 ;;
         --cni-bin-dir=*) bin_dir="${1#*=}"; shift ;;
         --drop-in) drop_in=1; shift ;;
-        -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-src="${NESTBOX_CNI_BIN:-$root/target/release/nestbox-cni}"
-if [ ! -x "$src" ]; then
-    echo "install.sh: $src not found; run: cargo build --release -p nestbox-cni" >&2
-    exit 1
-fi
-
-mkdir -p "$bin_dir"
-# Copy under a temp name and rename: a running plugin keeps its old inode.
-cp "$src" "$bin_dir/.nestbox-cni.new"
-chmod 0755 "$bin_dir/.nestbox-cni.new"
-mv -f "$bin_dir/.nestbox-cni.new" "$bin_dir/nestbox-cni"
-
-for p in bridge host-local loopback; do
-    ln -sfn nestbox-cni "$bin_dir/nestbox-$p"
-    if [ "$drop_in" = 1 ]; then
-        ln -sfn nestbox-cni "$bin_dir/$p.new" && mv -fT "$bin_dir/$p.new" "$bin_dir/$p"
+cni_src="${NESTBOX_CNI_BIN:-$root/target/release/nestbox-cni}"
+overlayd_src="${NESTBOX_OVERLAYD_BIN:-$root/target/release/nestbox-overlayd}"
+for src in "$cni_src" "$overlayd_src"; do
+    if [ ! -x "$src" ]; then
+        echo "install.sh: $src not found; run: cargo build --release -p nestbox-cni -p nestbox-overlayd" >&2
+        exit 1
     fi
 done
-echo "installed nestbox-cni into $bin_dir$( [ "$drop_in" = 1 ] && echo ' (drop-in: bridge, host-local, loopback)')"
+
+mkdir -p "$bin_dir"
+
+# Copy under a temp name and rename: a running plugin or agent keeps its old inode.
+copy() {
+    cp "$1" "$bin_dir/.$2.new"
+    chmod 0755 "$bin_dir/.$2.new"
+    mv -f "$bin_dir/.$2.new" "$bin_dir/$2"
+}
+
+# Link atomically too: a runtime calling the plugin meanwhile finds either link.
+link() {
+    ln -sfn nestbox-cni "$bin_dir/.$1.new"
+    mv -fT "$bin_dir/.$1.new" "$bin_dir/$1"
+}
+
+copy "$cni_src" nestbox-cni
+copy "$overlayd_src" nestbox-overlayd
+
+for p in bridge host-local loopback vxlan host-gw; do
+    link "nestbox-$p"
+done
+if [ "$drop_in" = 1 ]; then
+    for p in bridge host-local loopback flannel; do
+        link "$p"
+    done
+fi
+echo "installed nestbox-cni and nestbox-overlayd into $bin_dir$( [ "$drop_in" = 1 ] && echo ' (drop-in: bridge, host-local, loopback, flannel)')"

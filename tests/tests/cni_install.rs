@@ -1,25 +1,13 @@
-//! scripts/install.sh: installs nestbox-cni under its own plugin names, and takes the
-//! reference names (bridge, host-local, loopback) only with --drop-in.
+//! scripts/install.sh: installs nestbox-cni under its own plugin names (the overlay's
+//! nestbox-vxlan / nestbox-host-gw included) next to a copy of nestbox-overlayd, and takes
+//! the reference names (bridge, host-local, loopback) and flannel's only with --drop-in.
+
+mod cni_common;
 
 use std::path::Path;
 
-use nestbox_tests::{bin, workspace_root, TempDir};
-
-fn install(dir: &Path, drop_in: bool) {
-    let mut c = std::process::Command::new(workspace_root().join("scripts/install.sh"));
-    c.arg("--cni-bin-dir")
-        .arg(dir)
-        .env("NESTBOX_CNI_BIN", bin("nestbox-cni"));
-    if drop_in {
-        c.arg("--drop-in");
-    }
-    let out = c.output().expect("run install.sh");
-    assert!(
-        out.status.success(),
-        "install.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use cni_common::install;
+use nestbox_tests::TempDir;
 
 fn version_of(exe: &Path) -> String {
     let out = std::process::Command::new(exe)
@@ -36,7 +24,13 @@ fn install_links_our_names_and_takes_reference_names_only_with_drop_in() {
     std::fs::write(dir.path().join("bridge"), "#!/bin/sh\necho reference\n")
         .expect("fake reference");
     install(dir.path(), false);
-    for name in ["nestbox-bridge", "nestbox-host-local", "nestbox-loopback"] {
+    for name in [
+        "nestbox-bridge",
+        "nestbox-host-local",
+        "nestbox-loopback",
+        "nestbox-vxlan",
+        "nestbox-host-gw",
+    ] {
         assert!(
             version_of(&dir.path().join(name)).contains("1.1.0"),
             "{name} does not answer VERSION"
@@ -47,12 +41,34 @@ fn install_links_our_names_and_takes_reference_names_only_with_drop_in() {
         "#!/bin/sh\necho reference\n"
     );
     assert!(!dir.path().join("host-local").exists());
+    assert!(!dir.path().join("flannel").exists());
 
     install(dir.path(), true);
-    for name in ["bridge", "host-local", "loopback"] {
+    for name in ["bridge", "host-local", "loopback", "flannel"] {
         assert!(
             version_of(&dir.path().join(name)).contains("1.1.0"),
             "{name} is not ours after --drop-in"
         );
     }
+}
+
+#[test]
+fn install_copies_the_overlay_agent_next_to_the_plugins() {
+    let dir = TempDir::new("cniinst");
+    install(dir.path(), false);
+    let agent = dir.path().join("nestbox-overlayd");
+    let meta = std::fs::symlink_metadata(&agent).expect("nestbox-overlayd installed");
+    assert!(
+        meta.file_type().is_file(),
+        "nestbox-overlayd is a copy, not a link"
+    );
+    let out = std::process::Command::new(&agent)
+        .arg("--help")
+        .output()
+        .expect("run the installed nestbox-overlayd");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--subnet-mgr"),
+        "installed nestbox-overlayd does not run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,5 +1,6 @@
-//! Test-only helpers for the CNI tests: plugin dirs for ours and the reference, running a
-//! plugin inside a test node netns with a CNI environment, and result normalisation.
+//! Test-only helpers for the CNI tests: plugin dirs for ours and the reference (or
+//! installed by scripts/install.sh), running a plugin inside a test node netns with a CNI
+//! environment, and result normalisation.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use nestbox_tests::{bin, require_cmd, require_root, NetNs, TempDir};
+use nestbox_tests::{bin, require_cmd, require_root, workspace_root, NetNs, TempDir};
 use serde_json::{json, Value};
 
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
@@ -62,6 +63,24 @@ impl PluginDir {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Run scripts/install.sh into `dir` with the built nestbox-cni and nestbox-overlayd.
+pub fn install(dir: &Path, drop_in: bool) {
+    let mut c = Command::new(workspace_root().join("scripts/install.sh"));
+    c.arg("--cni-bin-dir")
+        .arg(dir)
+        .env("NESTBOX_CNI_BIN", bin("nestbox-cni"))
+        .env("NESTBOX_OVERLAYD_BIN", bin("nestbox-overlayd"));
+    if drop_in {
+        c.arg("--drop-in");
+    }
+    let out = c.output().expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What a plugin run returned.

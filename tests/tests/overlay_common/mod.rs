@@ -1,13 +1,13 @@
 //! Test-only helpers for the overlay tests: a test "cluster" made of namespaces — a
 //! switch netns with a bridge, an etcd netns running Debian's etcd on its underlay
 //! address, and node netns running `nestbox-overlayd --netns` — plus pods attached
-//! through our overlay CNI plugin (`nestbox-vxlan` → `nestbox-bridge` + host-local), and
+//! through our overlay CNI plugin (`nestbox-vxlan` → `nestbox-bridge` + host-local, all
+//! nestbox-cni, installed by scripts/install.sh into a per-cluster CNI bin dir), and
 //! readers for the kernel state (`ip -j`, `bridge -j`) and the etcd leases (curl to the
 //! JSON gateway inside the etcd netns).
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,6 +16,9 @@ use nestbox_tests::{
     bin, require_cmd, require_root, sh_ok, veth_between, wait_until, NetNs, TempDir,
 };
 use serde_json::{json, Value};
+
+#[path = "../cni_common/mod.rs"]
+mod cni_common;
 
 pub const ETCD_IP: &str = "192.168.77.2";
 pub const PREFIX: &str = "/coreos.com/network";
@@ -342,12 +345,7 @@ impl Cluster {
             });
         }
         let cni_bin = TempDir::new("ovlbin");
-        for p in ["nestbox-bridge", "nestbox-host-local", "nestbox-loopback"] {
-            symlink(bin("nestbox-cni"), cni_bin.path().join(p)).expect("symlink");
-        }
-        for p in ["nestbox-vxlan", "nestbox-host-gw"] {
-            symlink(bin("nestbox-overlayd"), cni_bin.path().join(p)).expect("symlink");
-        }
+        cni_common::install(cni_bin.path(), false);
         Cluster {
             nodes,
             etcd,
