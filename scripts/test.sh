@@ -22,4 +22,13 @@ echo "== tests"
 export NESTBOX_BIN_DIR="$PWD/target/release"
 export RUST_BACKTRACE=1
 # Two threads: the machine has two cores and the end-to-end tests start real containers.
-cargo test --release --workspace -- --test-threads=2
+log=$(mktemp /tmp/nestbox-test.XXXXXX.log)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace --all-targets --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one "test result" line per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
