@@ -159,9 +159,19 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         }
     }
     // A new time namespace applies to children only: unshare it here so init is born in it.
+    let time_offsets = linux
+        .and_then(|l| l.time_offsets().as_ref())
+        .filter(|o| !o.is_empty());
     if namespaces.has_new(LinuxNamespaceType::Time) {
         nix::sched::unshare(crate::namespaces::clone_flag(LinuxNamespaceType::Time))
             .ctx(|| "unsharing the time namespace".into())?;
+        if let Some(offsets) = time_offsets {
+            write_time_offsets(offsets)?;
+        }
+    } else if time_offsets.is_some() {
+        return Err(Error::Spec(
+            "linux.timeOffsets: needs a new time namespace".into(),
+        ));
     }
     let (parent_end, init_end) = channel::pair()?;
     let config = InitConfig {
@@ -684,6 +694,24 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         state::write_atomic(pid_file, pid.as_raw().to_string().as_bytes())?;
     }
     Ok(pid)
+}
+
+/// linux.timeOffsets (checked and flattened to "<secs> <nanosecs>" by spec::parse_spec)
+/// into the time namespace our children will be born in: it has no process yet, so the
+/// offsets may still be written.
+fn write_time_offsets(offsets: &std::collections::HashMap<String, String>) -> Result<()> {
+    let mut clocks: Vec<_> = offsets.iter().collect();
+    clocks.sort();
+    let text: String = clocks
+        .iter()
+        .map(|(clock, offset)| format!("{clock} {offset}\n"))
+        .collect();
+    std::fs::write("/proc/self/timens_offsets", text.as_bytes()).ctx(|| {
+        format!(
+            "writing linux.timeOffsets ({})",
+            text.trim().replace('\n', ", ")
+        )
+    })
 }
 
 /// `update`: apply new resource limits to a container's cgroup.

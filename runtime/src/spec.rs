@@ -90,7 +90,47 @@ pub fn parse_spec(text: &str) -> Result<Spec> {
     }
     check_namespaces(&value)?;
     drop_unknown_capabilities(&mut value);
+    flatten_time_offsets(&mut value)?;
     serde_json::from_value(value).map_err(|e| Error::Spec(format!("invalid: {e}")))
+}
+
+/// oci-spec 0.7 types `linux.timeOffsets` as clock → string, while the runtime-spec has
+/// clock → `{"secs", "nanosecs"}`. Check each entry and rewrite it to the string
+/// `"<secs> <nanosecs>"` (the line format of /proc/<pid>/timens_offsets after the clock).
+fn flatten_time_offsets(value: &mut Value) -> Result<()> {
+    let Some(offsets) = value.pointer_mut("/linux/timeOffsets") else {
+        return Ok(());
+    };
+    if offsets.is_null() {
+        return Ok(());
+    }
+    let offsets = offsets
+        .as_object_mut()
+        .ok_or_else(|| Error::Spec("linux.timeOffsets: not an object".into()))?;
+    for (clock, offset) in offsets.iter_mut() {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(Error::Spec(format!(
+                "linux.timeOffsets: unknown clock {clock:?} (monotonic or boottime)"
+            )));
+        }
+        let bad = |what: &str| Error::Spec(format!("linux.timeOffsets.{clock}: {what}"));
+        let obj = offset
+            .as_object()
+            .ok_or_else(|| bad("not an object with secs and nanosecs"))?;
+        let secs = match obj.get("secs") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v.as_i64().ok_or_else(|| bad("secs is not an integer"))?,
+        };
+        let nanos = match obj.get("nanosecs") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n < 1_000_000_000)
+                .ok_or_else(|| bad("nanosecs is not an integer below 1000000000"))?,
+        };
+        *offset = Value::String(format!("{secs} {nanos}"));
+    }
+    Ok(())
 }
 
 fn check_namespaces(value: &Value) -> Result<()> {

@@ -816,3 +816,89 @@ fn seccomp_notify_applies_to_exec() {
         "no mkdir notification seen: {seen:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// linux.timeOffsets (nestbox only: runc 1.1.5 has no time namespace support)
+// ---------------------------------------------------------------------------------------------
+
+const YEARS_30: i64 = 30 * 365 * 86_400;
+
+fn uptime_secs(text: &str) -> f64 {
+    text.split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("uptime {text:?}"))
+}
+
+#[test]
+fn time_offsets_shift_boottime_for_init_and_exec() {
+    let rt = Runtime::nestbox();
+    let host = uptime_secs(&std::fs::read_to_string("/proc/uptime").expect("uptime"));
+    assert!(host < YEARS_30 as f64, "host uptime {host}");
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .push(json!({"type": "time"}));
+    b.config["linux"]["timeOffsets"] = json!({
+        "boottime": {"secs": YEARS_30, "nanosecs": 0},
+        "monotonic": {"secs": 1000}
+    });
+    b.set_args(&["sleep", "100"]);
+    b.write();
+    let id = rt.start(&b);
+    let (code, out, err) = rt.out(&["exec", &id, "cat", "/proc/uptime"]);
+    assert_eq!(code, 0, "{err}");
+    let inside = uptime_secs(&out);
+    assert!(
+        inside >= YEARS_30 as f64 && inside < YEARS_30 as f64 + host + 3600.0,
+        "exec'd process sees uptime {inside}"
+    );
+    assert_eq!(rt.out(&["delete", "--force", &id]).0, 0);
+
+    // run: the container's own process sees it too.
+    let mut b2 = Bundle::new();
+    b2.config = b.config.clone();
+    b2.set_args(&["cat", "/proc/uptime"]);
+    b2.write();
+    let (code, out, err) = rt.run(&b2);
+    assert_eq!(code, 0, "{err}");
+    assert!(uptime_secs(&out) >= YEARS_30 as f64, "{out}");
+}
+
+#[test]
+fn time_offsets_without_a_time_namespace_or_with_a_bad_clock_are_refused() {
+    let rt = Runtime::nestbox();
+    let mut b = Bundle::new();
+    b.set_args(&["true"]);
+    b.config["linux"]["timeOffsets"] = json!({"boottime": {"secs": 5}});
+    b.write();
+    let (code, _, err) = rt.run(&b);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("timeOffsets") && err.contains("time namespace"),
+        "{err:?}"
+    );
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .push(json!({"type": "time"}));
+    b.config["linux"]["timeOffsets"] = json!({"realtime": {"secs": 5}});
+    b.write();
+    let (code, _, err) = rt.run(&b);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unknown clock") && err.contains("realtime"),
+        "{err:?}"
+    );
+    assert!(rt.list_ids().is_empty());
+    assert_eq!(
+        std::fs::read_dir(rt.root.path())
+            .expect("root")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .count(),
+        0,
+        "state dir left behind"
+    );
+}
