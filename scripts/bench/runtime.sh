@@ -2,6 +2,8 @@
 # Benchmark: nestbox vs runc vs crun on the same busybox bundle running /bin/true.
 #   - `run` wall time, interleaved rounds (nestbox, runc, crun in turn each round)
 #   - create + start + delete wall time, interleaved the same way
+#   - exec latency: `exec ID /bin/true` into a running container (one per runtime, started
+#     once), interleaved the same way
 #   - peak RSS of `run` (/usr/bin/time -v)
 # Prints median ms, min-max, and the ratios nestbox/crun and nestbox/runc.
 #
@@ -29,15 +31,26 @@ umount /sys/fs/cgroup/unified 2>/dev/null || true
 
 NESTBOX="$PWD/target/release/nestbox"
 WORK="$(mktemp -d /tmp/nestbox-bench.XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
+declare -A BIN=([nestbox]="$NESTBOX" [runc]="$(command -v runc)" [crun]="$(command -v crun)")
+RUNTIMES=(nestbox runc crun)
+cleanup() {
+    for rt in "${RUNTIMES[@]}"; do
+        "${BIN[$rt]}" --root "$WORK/root-$rt" delete --force "exec-$rt" >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 BUNDLE="$WORK/bundle"
 mkdir -p "$BUNDLE/rootfs"/{bin,proc,sys,dev,tmp,etc}
 cp "$(command -v busybox)" "$BUNDLE/rootfs/bin/busybox"
 ln -s busybox "$BUNDLE/rootfs/bin/true"
+ln -s busybox "$BUNDLE/rootfs/bin/sleep"
 (cd "$BUNDLE" && runc spec && jq '.process.terminal=false | .process.args=["/bin/true"]' config.json > c && mv c config.json)
-
-declare -A BIN=([nestbox]="$NESTBOX" [runc]="$(command -v runc)" [crun]="$(command -v crun)")
-RUNTIMES=(nestbox runc crun)
+# The exec target: the same rootfs, running sleep.
+SLEEPER="$WORK/sleeper"
+mkdir -p "$SLEEPER"
+jq --arg root "$BUNDLE/rootfs" '.root.path=$root | .process.args=["/bin/sleep","100000"]' \
+    "$BUNDLE/config.json" > "$SLEEPER/config.json"
 
 now_us() { local t=${EPOCHREALTIME/./}; echo "$t"; }
 
@@ -60,9 +73,17 @@ bench_lifecycle() { # runtime id
     "$b" --root "$r" delete --force "$id"
 }
 
+bench_exec() { # runtime
+    local rt=$1
+    "${BIN[$rt]}" --root "$WORK/root-$rt" exec "exec-$rt" /bin/true </dev/null >/dev/null
+}
+
 for rt in "${RUNTIMES[@]}"; do
-    : > "$WORK/run-$rt"; : > "$WORK/life-$rt"
+    : > "$WORK/run-$rt"; : > "$WORK/life-$rt"; : > "$WORK/exec-$rt"
     bench_run "$rt" "warm-$rt" # warm caches
+    "${BIN[$rt]}" --root "$WORK/root-$rt" create --bundle "$SLEEPER" "exec-$rt" </dev/null >/dev/null 2>&1
+    "${BIN[$rt]}" --root "$WORK/root-$rt" start "exec-$rt"
+    bench_exec "$rt"
 done
 
 for ((i = 0; i < ROUNDS; i++)); do
@@ -73,6 +94,10 @@ for ((i = 0; i < ROUNDS; i++)); do
     for rt in "${RUNTIMES[@]}"; do
         t0=$(now_us); bench_lifecycle "$rt" "l$i-$rt"; t1=$(now_us)
         echo $((t1 - t0)) >> "$WORK/life-$rt"
+    done
+    for rt in "${RUNTIMES[@]}"; do
+        t0=$(now_us); bench_exec "$rt"; t1=$(now_us)
+        echo $((t1 - t0)) >> "$WORK/exec-$rt"
     done
 done
 
@@ -91,6 +116,7 @@ report() { # kind title
 }
 report run "run /bin/true"
 report life "create + start + delete"
+report exec "exec /bin/true into a running container"
 
 echo "== peak RSS of run (/usr/bin/time -v, max of 5)"
 for rt in "${RUNTIMES[@]}"; do
