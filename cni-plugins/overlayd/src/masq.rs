@@ -6,11 +6,8 @@
 //! outside → our subnet: no NAT; outside → cluster: masquerade. forward: accept to and
 //! from the cluster network.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ipnetwork::Ipv4Network;
-use nestbox_cni::net::masq::which;
+use nestbox_cni::net::tool::{run, which};
 
 use crate::Error;
 
@@ -48,35 +45,6 @@ pub fn nft_ruleset(network: Ipv4Network, lease: Ipv4Network) -> String {
         n = network,
         l = lease
     )
-}
-
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-    let mut c = Command::new(cmd);
-    c.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .map_err(|e| Error::Config(format!("exec {cmd}: {e}")))?;
-    if let (Some(text), Some(mut si)) = (stdin, child.stdin.take()) {
-        let _ = si.write_all(text.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Config(format!("wait {cmd}: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Config(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn ipt_rules(

@@ -8,14 +8,12 @@
 //! iptables: the reference plugins' layout (`CNI-<hash>` chain per container in `nat`,
 //! jumped to from POSTROUTING), so a node can switch between the two.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ipnetwork::IpNetwork;
 use sha2::{Digest, Sha256, Sha512};
 
 use super::detach::Detached;
 use super::nft::{transact_detached, transact_start};
+use super::tool::{run, which};
 use crate::cni::{Error, Result};
 
 pub const NFT_TABLE: &str = "cni_plugins_masquerade";
@@ -40,12 +38,6 @@ impl Backend {
             None => Ok(Backend::Iptables),
         }
     }
-}
-
-pub fn which(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-        .unwrap_or(false)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -79,35 +71,6 @@ impl Owner<'_> {
     fn iptables_comment(&self) -> String {
         format!("name: {:?} id: {:?}", self.network, self.container_id)
     }
-}
-
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut c = Command::new(cmd);
-    c.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .map_err(|e| Error::internal(format!("failed to run {cmd}: {e}")))?;
-    if let (Some(input), Some(mut si)) = (stdin, child.stdin.take()) {
-        let _ = si.write_all(input.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::internal(format!("failed to wait for {cmd}: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::internal(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Masquerade `addrs` (pod address with its subnet prefix) for `owner`.
@@ -207,7 +170,7 @@ pub fn setup_start(backend: Backend, addrs: &[IpNetwork], owner: &Owner) -> Resu
                     }
                     let mut add = vec!["-w", "-t", "nat", "-A", ch];
                     add.extend(&spec);
-                    run(ipt, &add, None)?;
+                    run(ipt, &add, None).map_err(|e| Error::internal(e.to_string()))?;
                 }
             }
             Ok(Pending::Done)

@@ -1,5 +1,5 @@
 //! Kernel mechanisms shared by the plugins: entering a netns, rtnetlink, sysctls,
-//! and masquerade rules (nftables and iptables side by side).
+//! masquerade rules (nftables and iptables side by side), and running the firewall tools.
 
 pub mod detach;
 pub mod masq;
@@ -7,3 +7,4 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
+pub mod tool;

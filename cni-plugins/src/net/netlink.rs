@@ -236,6 +236,23 @@ fn route_msg(dst: IpNetwork) -> RouteMessage {
     m
 }
 
+/// A neighbour-table entry of any family, as dumped.
+struct NeighEntry {
+    ip: Option<IpAddr>,
+    mac: Vec<u8>,
+    permanent: bool,
+    is_self: bool,
+}
+
+fn neigh_msg(ifindex: u32, ip: IpAddr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family_of(&ip);
+    m.header.ifindex = ifindex;
+    m.attributes
+        .push(NeighbourAttribute::Destination(ip.into()));
+    m
+}
+
 fn fdb_msg(ifindex: u32, mac: &[u8], dst: IpAddr) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Bridge;
@@ -501,26 +518,19 @@ impl Netlink {
         self.request(RouteNetlinkMessage::SetLink(m), 0).map(|_| ())
     }
 
-    pub fn set_up(&mut self, index: u32, up: bool) -> io::Result<()> {
+    fn set_flag(&mut self, index: u32, flag: LinkFlags, on: bool) -> io::Result<()> {
         self.set_link(index, |m| {
-            m.header.flags = if up {
-                LinkFlags::Up
-            } else {
-                LinkFlags::empty()
-            };
-            m.header.change_mask = LinkFlags::Up;
+            m.header.flags = if on { flag } else { LinkFlags::empty() };
+            m.header.change_mask = flag;
         })
     }
 
+    pub fn set_up(&mut self, index: u32, up: bool) -> io::Result<()> {
+        self.set_flag(index, LinkFlags::Up, up)
+    }
+
     pub fn set_promisc(&mut self, index: u32, on: bool) -> io::Result<()> {
-        self.set_link(index, |m| {
-            m.header.flags = if on {
-                LinkFlags::Promisc
-            } else {
-                LinkFlags::empty()
-            };
-            m.header.change_mask = LinkFlags::Promisc;
-        })
+        self.set_flag(index, LinkFlags::Promisc, on)
     }
 
     pub fn set_mac(&mut self, index: u32, mac: &[u8]) -> io::Result<()> {
@@ -779,35 +789,49 @@ impl Netlink {
         Ok(out)
     }
 
-    // ---- neighbours (ARP / NDP) ----
+    // ---- neighbours (ARP / NDP) and bridge FDB: both RTM_*NEIGH ----
+
+    /// One family's neighbour-table entries on `ifindex`, with their address and MAC.
+    fn neigh_dump(&mut self, family: AddressFamily, ifindex: u32) -> io::Result<Vec<NeighEntry>> {
+        let mut q = NeighbourMessage::default();
+        q.header.family = family;
+        let mut out = Vec::new();
+        for m in self.request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)? {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != ifindex || n.header.family != family {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = Vec::new();
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(d) => ip = ip_of_neigh(d),
+                    NeighbourAttribute::LinkLayerAddress(b) => mac = b.clone(),
+                    _ => {}
+                }
+            }
+            out.push(NeighEntry {
+                ip,
+                mac,
+                permanent: n.header.state == NeighbourState::Permanent,
+                is_self: n.header.flags.contains(NeighbourFlags::Own),
+            });
+        }
+        Ok(out)
+    }
 
     /// IPv4 and IPv6 neighbours on `ifindex`.
     pub fn neighbours(&mut self, ifindex: u32) -> io::Result<Vec<Neigh>> {
         let mut out = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut q = NeighbourMessage::default();
-            q.header.family = fam;
-            for m in self.request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)? {
-                let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                    continue;
-                };
-                if n.header.ifindex != ifindex || n.header.family != fam {
-                    continue;
-                }
-                let mut ip = None;
-                let mut mac = Vec::new();
-                for a in &n.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(d) => ip = ip_of_neigh(d),
-                        NeighbourAttribute::LinkLayerAddress(b) => mac = b.clone(),
-                        _ => {}
-                    }
-                }
-                if let Some(ip) = ip {
+            for e in self.neigh_dump(fam, ifindex)? {
+                if let Some(ip) = e.ip {
                     out.push(Neigh {
                         ip,
-                        mac,
-                        permanent: n.header.state == NeighbourState::Permanent,
+                        mac: e.mac,
+                        permanent: e.permanent,
                     });
                 }
             }
@@ -817,13 +841,9 @@ impl Netlink {
 
     /// `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`.
     pub fn set_neigh(&mut self, ifindex: u32, ip: IpAddr, mac: &[u8]) -> io::Result<()> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family_of(&ip);
-        m.header.ifindex = ifindex;
+        let mut m = neigh_msg(ifindex, ip);
         m.header.state = NeighbourState::Permanent;
         m.header.kind = RouteType::Unicast;
-        m.attributes
-            .push(NeighbourAttribute::Destination(ip.into()));
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         self.request(
@@ -835,46 +855,22 @@ impl Netlink {
 
     /// `ip neigh del <ip> dev <ifindex>`; already gone is success.
     pub fn del_neigh(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<()> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family_of(&ip);
-        m.header.ifindex = ifindex;
-        m.attributes
-            .push(NeighbourAttribute::Destination(ip.into()));
+        let m = neigh_msg(ifindex, ip);
         ok_if_gone(self.request(RouteNetlinkMessage::DelNeighbour(m), 0))
     }
 
-    // ---- bridge FDB ----
-
     /// FDB entries on `ifindex` (`bridge fdb show dev <ifindex>`).
     pub fn fdb(&mut self, ifindex: u32) -> io::Result<Vec<Fdb>> {
-        let mut q = NeighbourMessage::default();
-        q.header.family = AddressFamily::Bridge;
-        let r = self.request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)?;
-        let mut out = Vec::new();
-        for m in r {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                continue;
-            };
-            if n.header.ifindex != ifindex || n.header.family != AddressFamily::Bridge {
-                continue;
-            }
-            let mut dst = None;
-            let mut mac = Vec::new();
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::Destination(d) => dst = ip_of_neigh(d),
-                    NeighbourAttribute::LinkLayerAddress(b) => mac = b.clone(),
-                    _ => {}
-                }
-            }
-            out.push(Fdb {
-                mac,
-                dst,
-                permanent: n.header.state == NeighbourState::Permanent,
-                is_self: n.header.flags.contains(NeighbourFlags::Own),
-            });
-        }
-        Ok(out)
+        Ok(self
+            .neigh_dump(AddressFamily::Bridge, ifindex)?
+            .into_iter()
+            .map(|e| Fdb {
+                mac: e.mac,
+                dst: e.ip,
+                permanent: e.permanent,
+                is_self: e.is_self,
+            })
+            .collect())
     }
 
     /// `bridge fdb replace <mac> dev <ifindex> dst <dst> self permanent`.

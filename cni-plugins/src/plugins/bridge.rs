@@ -16,6 +16,7 @@ use crate::net::masq::{self, Backend, Owner};
 use crate::net::netlink::{self, Link, Netlink};
 use crate::net::netns::NetNs;
 use crate::net::sysctl;
+use crate::net::tool;
 
 pub struct Bridge;
 
@@ -352,14 +353,15 @@ fn spoof_setup(args: &CmdArgs, host_veth: &str, mac: &str) -> Result<()> {
 
 fn spoof_teardown(args: &CmdArgs) {
     let c = spoof_chain(args);
-    let Ok(out) = std::process::Command::new("nft")
-        .args(["-a", "list", "chain", "bridge", "nat", "PREROUTING"])
-        .output()
-    else {
-        return;
-    };
+    // No PREROUTING chain: still try to drop our chain below.
+    let out = tool::run(
+        "nft",
+        &["-a", "list", "chain", "bridge", "nat", "PREROUTING"],
+        None,
+    )
+    .unwrap_or_default();
     let mut script = String::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in out.lines() {
         if line.contains(&format!("jump {c}")) {
             if let Some(h) = line.rsplit("# handle ").next() {
                 script.push_str(&format!(
@@ -376,27 +378,19 @@ fn spoof_teardown(args: &CmdArgs) {
 }
 
 fn nft(script: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::internal(format!("failed to run nft: {e}")))?;
-    if let Some(mut si) = child.stdin.take() {
-        let _ = si.write_all(script.as_bytes());
+    tool::run("nft", &["-f", "-"], Some(script))
+        .map(drop)
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+/// CNI_IFNAME already exists in the pod's netns: the reference's error.
+fn refuse_taken_ifname(cnl: &mut Netlink, ifname: &str) -> Result<()> {
+    match cnl.link_by_name(ifname).map_err(nl_err("lookup"))? {
+        Some(_) => Err(Error::internal(format!(
+            "container veth name provided ({ifname}) already exists"
+        ))),
+        None => Ok(()),
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::internal(format!("nft: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::internal(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 impl Bridge {
@@ -410,16 +404,7 @@ impl Bridge {
             )
         })?;
         let mut cnl = ns.netlink().map_err(nl_err("netlink in netns"))?;
-        if cnl
-            .link_by_name(&args.ifname)
-            .map_err(nl_err("lookup"))?
-            .is_some()
-        {
-            return Err(Error::internal(format!(
-                "container veth name provided ({}) already exists",
-                args.ifname
-            )));
-        }
+        refuse_taken_ifname(&mut cnl, &args.ifname)?;
         let mac = match &n.mac {
             Some(m) => Some(netlink::parse_mac(m).map_err(|e| Error::config(e.to_string()))?),
             None => None,
@@ -442,17 +427,9 @@ impl Bridge {
                     host_name = name;
                     break;
                 }
+                // A random host name collided, or the pod's name was taken meanwhile.
                 Err(e) if netlink::is_exists(&e) && attempt < 9 => {
-                    if cnl
-                        .link_by_name(&args.ifname)
-                        .map_err(nl_err("lookup"))?
-                        .is_some()
-                    {
-                        return Err(Error::internal(format!(
-                            "container veth name provided ({}) already exists",
-                            args.ifname
-                        )));
-                    }
+                    refuse_taken_ifname(&mut cnl, &args.ifname)?;
                 }
                 Err(e) => return Err(Error::internal(format!("failed to create veth: {e}"))),
             }
