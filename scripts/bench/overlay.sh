@@ -38,8 +38,7 @@ done
 tag="nbo$$"
 work=$(mktemp -d /tmp/nestbox-ovlbench.XXXXXX)
 mkdir -p "$work/bin"
-for p in nestbox-bridge nestbox-host-local; do ln -s "$cni_bin" "$work/bin/$p"; done
-for p in nestbox-vxlan nestbox-host-gw; do ln -s "$agent" "$work/bin/$p"; done
+for p in nestbox-bridge nestbox-host-local nestbox-vxlan nestbox-host-gw; do ln -s "$cni_bin" "$work/bin/$p"; done
 ETCD_IP=192.168.77.2
 URL="http://$ETCD_IP:2379"
 PREFIX=/coreos.com/network
