@@ -76,6 +76,12 @@ pub fn pair() -> Result<(Channel, Channel)> {
     Ok((Channel { fd: a }, Channel { fd: b }))
 }
 
+impl std::os::fd::AsRawFd for Channel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Channel {
     pub fn send(&self, msg: &Message) -> Result<()> {
         send(self.fd.as_raw_fd(), &msg.encode(), MsgFlags::MSG_NOSIGNAL)

@@ -445,6 +445,52 @@ fn cve_2024_21626_process_cwd_through_a_leaked_fd_is_refused() {
     }
 }
 
+/// CVE-2024-21626 "attack 3": the process's executable named through the leaked fd, so a host
+/// binary would run inside the container (where it could then be overwritten through
+/// /proc/self/exe). The leaked dir is /tmp/<x>: `../../bin/busybox` from it is the host's.
+#[test]
+fn cve_2024_21626_executable_through_a_leaked_fd_is_refused() {
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "the case needs the host's /bin/busybox"
+    );
+    let exe = "/proc/self/fd/7/../../bin/busybox";
+    let rt = Runtime::nestbox();
+    let leak = LeakedDir::new();
+    assert!(
+        leak.dir.path().starts_with("/tmp"),
+        "leaked dir {}",
+        leak.dir.path().display()
+    );
+    let payload = "echo escaped; readlink /proc/self/exe";
+
+    let mut b = Bundle::new();
+    b.set_args(&[exe, "sh", "-c", payload]);
+    b.write();
+    let id = unique("x3");
+    let mut cmd = rt.cmd(&["run", "--bundle", b.path().to_str().expect("utf-8"), &id]);
+    leak.leak_into(&mut cmd);
+    let (code, out, err) = rt.out_cmd(cmd);
+    assert_eq!(code, 1, "run: stdout {out:?} stderr {err:?}");
+    assert!(!out.contains("escaped"), "{out}");
+    assert!(err.contains(exe), "run: unclear error {err:?}");
+    assert!(rt.list_ids().is_empty(), "a container was left behind");
+
+    let mut b = Bundle::new();
+    b.set_args(&["sleep", "100"]);
+    b.write();
+    let id = rt.start(&b);
+    let init_pids = rt.pids(&id);
+    let mut cmd = rt.cmd(&["exec", &id, exe, "sh", "-c", payload]);
+    leak.leak_into(&mut cmd);
+    let (code, out, err) = rt.out_cmd(cmd);
+    assert_eq!(code, 1, "exec: stdout {out:?} stderr {err:?}");
+    assert!(!out.contains("escaped"), "{out}");
+    assert!(err.contains(exe), "exec: unclear error {err:?}");
+    assert_eq!(rt.pids(&id), init_pids, "exec left a process");
+    leak.assert_untouched();
+}
+
 // ---------------------------------------------------------------------------------------------
 // /dev/null symlinked out of the rootfs
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 //! final steps as init (rlimits, no_new_privs, seccomp, capabilities, user, cwd, fds, execve).
 
 use std::convert::Infallible;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -157,7 +157,10 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
         &exe,
         &args,
         &env,
-        config.preserve_fds,
         listener.as_ref(),
+        init::KeptFds {
+            preserved: config.preserve_fds,
+            error_fd: channel.as_raw_fd(),
+        },
     )
 }

@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{unshare, CloneFlags};
@@ -142,8 +142,11 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
             &exe,
             &args,
             &env,
-            config.preserve_fds,
             listener.as_ref(),
+            KeptFds {
+                preserved: config.preserve_fds,
+                error_fd: conn.as_raw_fd(),
+            },
         )
     }) {
         Ok(never) => match never {},
@@ -283,14 +286,21 @@ fn wait_for_start(listener: &OwnedFd) -> Result<OwnedFd> {
     }
 }
 
+/// The fds above stdio that survive until the execve: `preserved` are passed to the process
+/// (3 up), `error_fd` reports an exec failure and closes on exec.
+pub(crate) struct KeptFds {
+    pub preserved: i32,
+    pub error_fd: RawFd,
+}
+
 pub(crate) fn finalize(
     spec: &Spec,
     process: &Process,
     exe: &Path,
     args: &[String],
     env: &[String],
-    preserve_fds: i32,
     listener: Option<&crate::seccomp::Listener>,
+    fds: KeptFds,
 ) -> Result<Infallible> {
     let nnp = process.no_new_privileges().unwrap_or(false);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
@@ -351,7 +361,11 @@ pub(crate) fn finalize(
     if let (Some(profile), true) = (seccomp, nnp) {
         crate::seccomp::load(profile, listener)?;
     }
-    close_fds_on_exec(3 + preserve_fds.max(0))?;
+    // CVE-2024-21626: no fd beyond stdio and the preserved ones may survive to the execve,
+    // not even close-on-exec: the path lookup of the executable could go through
+    // /proc/self/fd/N of one (a directory leaked to us) and run a host binary. Only
+    // `fds.error_fd` (a socket, to report an exec failure) stays, close-on-exec.
+    close_fds_except(3 + fds.preserved.max(0), fds.error_fd)?;
 
     let cstr =
         |s: &str| CString::new(s).map_err(|_| Error::Spec(format!("{s:?} contains a NUL byte")));
@@ -362,29 +376,34 @@ pub(crate) fn finalize(
     Err(err).ctx(|| format!("exec {}", exe.display()))
 }
 
-/// Mark every fd from `first` up close-on-exec (fds below it are stdio and preserved fds).
-fn close_fds_on_exec(first: i32) -> Result<()> {
-    // SAFETY: close_range with the CLOEXEC flag only changes fd flags.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-        )
+/// Close every fd from `first` up except `keep` (which must already be close-on-exec). The
+/// OwnedFds still holding closed numbers are never used again: execve follows, or an error
+/// report on `keep` and _exit.
+fn close_fds_except(first: i32, keep: RawFd) -> Result<()> {
+    let close_range = |lo: i32, hi: libc::c_uint| -> bool {
+        if (lo as libc::c_uint) > hi {
+            return true;
+        }
+        // SAFETY: close_range closes fd numbers only; see the function comment for owners.
+        unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi, 0) == 0 }
     };
-    if ret == 0 {
+    let done = if keep >= first {
+        close_range(first, (keep - 1) as libc::c_uint) && close_range(keep + 1, libc::c_uint::MAX)
+    } else {
+        close_range(first, libc::c_uint::MAX)
+    };
+    if done {
         return Ok(());
     }
-    // Older kernels: walk /proc/self/fd.
+    // Kernels without close_range (or a seccomp profile refusing it): walk /proc/self/fd.
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .ctx(|| "listing /proc/self/fd".into())?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd >= first)
+        .filter(|fd| *fd >= first && *fd != keep)
         .collect();
     for fd in fds {
-        // SAFETY: setting FD_CLOEXEC on an fd number; a stale one just fails with EBADF.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: as above; the directory fd of the listing is already closed (EBADF then).
+        unsafe { libc::close(fd) };
     }
     Ok(())
 }
