@@ -6,13 +6,12 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-use nix::fcntl::{open, OFlag};
+use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::socket::{
     connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
 };
-use nix::sys::stat::Mode;
 use nix::unistd::dup2;
 
 use crate::error::{shown, Context, Result};
@@ -35,13 +34,22 @@ pub fn connect_socket(path: &Path) -> Result<OwnedFd> {
 
 /// Inside the container (after pivot_root and setsid): allocate the pty and hand it over.
 pub fn setup(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
-    let (name, slave) = open_and_send(socket, size)?;
+    let (_, slave) = open_and_send(socket, size)?;
+    // The rootfs's /dev may hold anything at /dev/console: a symlink is replaced, never
+    // followed (CVE-2025-52565), and the pty is bound from our fd, not from its name.
     let console = Path::new("/dev/console");
-    if std::fs::symlink_metadata(console).is_err() {
-        let _ = std::fs::File::create(console);
+    match std::fs::symlink_metadata(console) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::remove_file(console).ctx(|| "removing the /dev/console symlink".into())?;
+            std::fs::File::create(console).ctx(|| "creating /dev/console".into())?;
+        }
+        Ok(_) => {}
+        Err(_) => {
+            std::fs::File::create(console).ctx(|| "creating /dev/console".into())?;
+        }
     }
     mount(
-        Some(name.as_str()),
+        Some(format!("/proc/self/fd/{slave}").as_str()),
         console,
         None::<&str>,
         MsFlags::MS_BIND,
@@ -84,12 +92,20 @@ fn open_and_send(socket: OwnedFd, size: Option<(u16, u16)>) -> Result<(String, i
     )
     .ctx(|| "sending the pty master over the console socket".into())?;
     drop(socket);
-    let slave = open(
-        name.as_str(),
-        OFlag::O_RDWR | OFlag::O_NOCTTY,
-        Mode::empty(),
-    )
-    .ctx(|| format!("opening {name}"))?;
+    // The slave straight from the master: a path lookup of /dev/pts/N in the container could
+    // be sent elsewhere by a symlink (CVE-2025-52565).
+    // SAFETY: TIOCGPTPEER takes open flags as its integer argument and returns a new fd.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        )
+    };
+    if slave < 0 {
+        return Err(std::io::Error::last_os_error())
+            .ctx(|| format!("opening {name} (TIOCGPTPEER)"));
+    }
     drop(master);
     Ok((name, slave))
 }

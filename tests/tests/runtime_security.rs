@@ -948,3 +948,66 @@ fn time_offsets_without_a_time_namespace_or_with_a_bad_clock_are_refused() {
         "state dir left behind"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The console pty and the rootfs's /dev links (CVE-2025-52565; nestbox only)
+// ---------------------------------------------------------------------------------------------
+
+/// With the rootfs's own /dev, `/dev/console` is a symlink to a container file: the pty must
+/// replace the link, not be bound over the file it points to, and the pty must be the one
+/// the runtime allocated (taken from the master, not looked up by name).
+#[test]
+fn console_replaces_a_dev_console_symlink() {
+    use std::io::Read;
+    let rt = Runtime::nestbox();
+    let sock = rt.root.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind console socket");
+    let reader = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().expect("accept");
+        let (_name, master) = recv_fd(&conn);
+        let mut master = File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the container's side of the pty is gone.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).replace('\r', "")
+    });
+    let mut b = bundle_with_dev_null(
+        Path::new("/dev/null-unused"),
+        &[
+            "sh",
+            "-c",
+            "stat -c '%F %t' /dev/console; stat -c %F /etc/hostname; echo to-console > /dev/console",
+        ],
+    );
+    // bundle_with_dev_null left the rootfs's own /dev in place; give /dev/null back.
+    let _ = std::fs::remove_file(b.rootfs().join("dev/null"));
+    let _ = std::fs::remove_file(b.rootfs().join("dev/console"));
+    symlink("/etc/hostname", b.rootfs().join("dev/console")).expect("console link");
+    b.config["process"]["terminal"] = json!(true);
+    b.write();
+    let id = unique("con");
+    let (code, _, err) = rt.out(&[
+        "run",
+        "--console-socket",
+        sock.to_str().expect("utf-8"),
+        "--bundle",
+        b.path().to_str().expect("utf-8"),
+        &id,
+    ]);
+    let out = reader.join().expect("reader");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out, "character special file 88\nregular file\nto-console\n",
+        "the pty (major 136) is /dev/console, /etc/hostname is untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.rootfs().join("etc/hostname")).expect("hostname"),
+        "busybox\n"
+    );
+}
