@@ -6,7 +6,7 @@
 //! never leaves a change to happen later; after answering it finishes on its own.
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::unistd::{fork, ForkResult};
@@ -117,8 +117,15 @@ impl Detached {
         })
     }
 
-    /// Wait until `done()` holds or the child answers, whichever comes first.
-    pub fn wait_until(mut self, mut done: impl FnMut() -> bool, limit: Duration) -> io::Result<()> {
+    /// Wait until `done()` holds or the child answers, whichever comes first. `done()` is
+    /// asked again whenever `wake` (if any) becomes readable, and at least every
+    /// millisecond; it must consume what made `wake` readable.
+    pub fn wait_until(
+        mut self,
+        wake: Option<RawFd>,
+        mut done: impl FnMut() -> bool,
+        limit: Duration,
+    ) -> io::Result<()> {
         let start = Instant::now();
         loop {
             if let Some(answer) = self.poll(Duration::from_millis(0)) {
@@ -130,8 +137,22 @@ impl Detached {
             if start.elapsed() > limit {
                 return self.wait();
             }
-            if let Some(answer) = self.poll(Duration::from_millis(1)) {
-                return answer;
+            let mut pfds = [
+                libc::pollfd {
+                    fd: self.answer.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: wake.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two pollfds in a local array (a negative fd is ignored by poll);
+            // the answer, if any, is read at the top of the loop.
+            unsafe {
+                libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1);
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
@@ -307,6 +307,36 @@ impl RouteEntry {
                 onlink,
             },
         ))
+    }
+}
+
+/// A socket subscribed to the link notifications (`RTMGRP_LINK`) of the network
+/// namespace it was opened in: readable whenever a link there appears, changes or goes.
+pub struct LinkEvents {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl LinkEvents {
+    /// Subscribe in the calling thread's current network namespace.
+    pub fn new() -> io::Result<LinkEvents> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind(&SocketAddr::new(0, libc::RTMGRP_LINK as u32))?;
+        sock.set_non_blocking(true)?;
+        Ok(LinkEvents {
+            sock,
+            buf: vec![0; 1 << 14],
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Discard what has arrived (the caller looks at the state itself; an overrun,
+    /// ENOBUFS, only means notifications were lost, which that look covers too).
+    pub fn drain(&mut self) {
+        while matches!(self.sock.recv(&mut &mut self.buf[..], 0), Ok(n) if n > 0) {}
     }
 }
 

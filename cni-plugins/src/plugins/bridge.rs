@@ -13,7 +13,7 @@ use crate::cni::skel::{CmdArgs, Command, Plugin};
 use crate::cni::{CniResult, Code, Error, Interface, Result, Route};
 use crate::net::detach;
 use crate::net::masq::{self, Backend, Owner};
-use crate::net::netlink::{self, Link, Netlink};
+use crate::net::netlink::{self, Link, LinkEvents, Netlink};
 use crate::net::netns::NetNs;
 use crate::net::sysctl;
 use crate::net::tool;
@@ -666,7 +666,12 @@ impl Bridge {
 /// teardown (RCU grace periods, ~10 ms), but the name and the link are gone from the
 /// netns at the start of it: a detached child waits for the answer while we return as
 /// soon as the link has disappeared (or the child reports an error).
+/// Link notifications from the netns wake us as soon as something changes there rather
+/// than on the next tick.
 fn delete_container_link(ns: &NetNs, cnl: &mut Netlink, index: u32, ifname: &str) -> Result<()> {
+    // Subscribed before the delete is sent, so its notification cannot be missed; an
+    // error here only costs the wake-ups (the tick remains).
+    let mut events = ns.run(LinkEvents::new).ok().and_then(|r| r.ok());
     let child = detach::spawn(
         || match ns.netlink()?.delete_link(index) {
             Err(e) if netlink::is_not_found(&e) => Ok(()),
@@ -677,7 +682,13 @@ fn delete_container_link(ns: &NetNs, cnl: &mut Netlink, index: u32, ifname: &str
     .map_err(nl_err("fork"))?;
     child
         .wait_until(
-            || matches!(cnl.link_by_name(ifname), Ok(None)),
+            events.as_ref().map(LinkEvents::fd),
+            || {
+                if let Some(ev) = events.as_mut() {
+                    ev.drain();
+                }
+                matches!(cnl.link_by_name(ifname), Ok(None))
+            },
             std::time::Duration::from_secs(10),
         )
         .map_err(|e| Error::internal(format!("failed to delete {ifname:?}: {e}")))
