@@ -2,11 +2,16 @@
 //! `nestbox` and, where runc 1.1.5 is also expected to resist, against `runc`:
 //!
 //! - CVE-2019-5736: overwriting the runtime's binary through `/proc/<pid>/exe` during `exec`.
-//! - CVE-2024-21626: a process cwd reached through a leaked host fd (`/proc/self/fd/N`).
-//!   runc 1.1.5 is vulnerable to this one, so these cases run against nestbox only.
+//! - CVE-2024-21626: a process cwd, or the executable, reached through a leaked host dir fd
+//!   (`/proc/self/fd/N`). runc 1.1.5 is vulnerable to this one, so these cases run against
+//!   nestbox only.
 //! - A rootfs whose `/dev/null` is a symlink out of the rootfs (and CVE-2025-31133's "mask
 //!   with something that is not /dev/null").
 //! - A mount destination that is a symlink out of the rootfs.
+//! - CVE-2025-52565's shape: a `/dev/console` symlink in the rootfs (nestbox only).
+//!
+//! Plus two runtime features that sit next to these: seccomp user notification for `exec`,
+//! and `linux.timeOffsets` (nestbox only: runc 1.1.5 has no time namespace support).
 //!
 //! Run after `cargo build --release -p nestbox-runtime`:
 //! `cargo test --release -p nestbox-tests --test runtime_security -- --test-threads=2`
