@@ -33,6 +33,8 @@ cleanup() {
   "$BIN/nestbox" --root "$ROOT" delete --force "$APP_ID" >/dev/null 2>&1
   "$BIN/nestbox" --root "$ROOT" delete --force "$POD_ID" >/dev/null 2>&1
   ip netns del "$NODE" >/dev/null 2>&1
+  # The containers' cgroups went with delete; drop their shared parent too (if now empty).
+  find /sys/fs/cgroup -maxdepth 2 -type d -name nestbox-demo -exec rmdir {} + 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
