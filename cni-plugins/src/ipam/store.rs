@@ -5,13 +5,19 @@
 //! `link(2)`ed into place with EEXIST as "taken"), so a plugin killed mid-write never
 //! leaves an empty, unreleasable file.
 
+use std::ffi::{CStr, OsStr};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, Flock, FlockArg, OFlag};
+use nix::sys::stat::{fstatat, Mode};
 
 use crate::cni::{Code, Error, Result};
 
@@ -104,20 +110,36 @@ impl Store {
             .ok()
     }
 
-    /// Every reservation (and stale temp file) in the network dir.
+    /// Every reservation (and stale temp file) in the network dir. The files are opened
+    /// relative to the directory and read without a size probe: a node with many pods
+    /// reads them all on every ADD and DEL.
     pub fn entries(&self) -> Result<Vec<Entry>> {
-        let rd = match fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("failed to read IPAM store", e)),
+        let mut dir = match Dir::open(
+            &self.dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(d) => d,
+            Err(Errno::ENOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("failed to read IPAM store", io::Error::from(e))),
         };
+        let dfd = dir.as_raw_fd();
         let mut out = Vec::new();
-        for ent in rd.flatten() {
-            let name = ent.file_name().to_string_lossy().into_owned();
-            if is_meta(&name) || !ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
+        let mut data = Vec::with_capacity(256);
+        for ent in dir.iter().flatten() {
+            let raw = ent.file_name();
+            let bytes = raw.to_bytes();
+            if bytes == b"." || bytes == b".." {
                 continue;
             }
-            let Ok(data) = fs::read_to_string(ent.path()) else {
+            let name = String::from_utf8_lossy(bytes).into_owned();
+            if is_meta(&name) || !is_file(dfd, raw, ent.file_type()) {
+                continue;
+            }
+            if read_at(dfd, raw, &mut data).is_err() {
+                continue;
+            }
+            let Ok(data) = std::str::from_utf8(&data) else {
                 continue;
             };
             let data = data.trim();
@@ -127,7 +149,7 @@ impl Store {
             };
             out.push(Entry {
                 ip: name.parse().ok(),
-                path: ent.path(),
+                path: self.dir.join(OsStr::from_bytes(bytes)),
                 container_id: id.to_string(),
                 ifname: ifname.to_string(),
             });
@@ -175,6 +197,39 @@ impl Store {
             }
         }
         Ok(freed)
+    }
+}
+
+/// A regular file (not following symlinks); `lstat`s only when the directory entry does
+/// not say.
+fn is_file(dfd: RawFd, name: &CStr, t: Option<Type>) -> bool {
+    match t {
+        Some(t) => t == Type::File,
+        None => fstatat(Some(dfd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            .unwrap_or(false),
+    }
+}
+
+/// The whole content of `name` in the directory `dfd` into `buf`.
+fn read_at(dfd: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
+    let fd = openat(
+        Some(dfd),
+        name,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: `openat` just returned this fd and nothing else owns it.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    buf.clear();
+    let mut chunk = [0u8; 256];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

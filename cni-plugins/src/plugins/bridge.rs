@@ -687,7 +687,11 @@ fn delete_container_link(ns: &NetNs, cnl: &mut Netlink, index: u32, ifname: &str
                 if let Some(ev) = events.as_mut() {
                     ev.drain();
                 }
-                matches!(cnl.link_by_name(ifname), Ok(None))
+                // A dump, not RTM_GETLINK by name: link dumps do not wait for the RTNL
+                // lock, which the deleting child holds for the whole unregistration
+                // (milliseconds with many ports on the bridge), while the name is gone
+                // from the netns at its start. The pod's netns holds few links.
+                matches!(cnl.links(), Ok(ls) if !ls.iter().any(|l| l.name == ifname))
             },
             std::time::Duration::from_secs(10),
         )
