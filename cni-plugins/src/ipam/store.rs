@@ -211,7 +211,9 @@ fn is_file(dfd: RawFd, name: &CStr, t: Option<Type>) -> bool {
     }
 }
 
-/// The whole content of `name` in the directory `dfd` into `buf`.
+/// The whole content of the regular file `name` in the directory `dfd` into `buf`. A
+/// short read of a regular file is its end, so a reservation (tens of bytes) costs one
+/// read.
 fn read_at(dfd: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
     let fd = openat(
         Some(dfd),
@@ -222,10 +224,13 @@ fn read_at(dfd: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
     // SAFETY: `openat` just returned this fd and nothing else owns it.
     let mut f = unsafe { File::from_raw_fd(fd) };
     buf.clear();
-    let mut chunk = [0u8; 256];
+    let mut chunk = [0u8; 512];
     loop {
         match f.read(&mut chunk) {
-            Ok(0) => return Ok(()),
+            Ok(n) if n < chunk.len() => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(());
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -319,6 +324,32 @@ mod tests {
         assert_eq!(s.gc(&[("old".into(), "eth0".into())]).unwrap().len(), 1);
         assert!(d.join("10.0.0.3").exists());
         assert_eq!(s.release("old", "eth0").unwrap().len(), 1);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn entries_reads_reservations_only_and_whole() {
+        let d = tmpdir("ent");
+        let s = Store::open(&d).unwrap();
+        let long = "x".repeat(1500);
+        fs::write(d.join("10.0.0.5"), format!("{long}\r\neth1\n")).unwrap();
+        fs::write(d.join("10.0.0.6"), " old \n").unwrap();
+        fs::write(d.join("last_reserved_ip.0"), "10.0.0.6").unwrap();
+        fs::create_dir(d.join("10.0.0.7")).unwrap();
+        std::os::unix::fs::symlink(d.join("10.0.0.6"), d.join("10.0.0.8")).unwrap();
+        let mut e = s.entries().unwrap();
+        e.sort_by_key(|e| e.ip);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].ip, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(e[0].path, d.join("10.0.0.5"));
+        assert_eq!(
+            (e[0].container_id.as_str(), e[0].ifname.as_str()),
+            (long.as_str(), "eth1")
+        );
+        assert_eq!(
+            (e[1].container_id.as_str(), e[1].ifname.as_str()),
+            ("old", "")
+        );
         let _ = fs::remove_dir_all(&d);
     }
 }
