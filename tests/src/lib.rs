@@ -329,6 +329,12 @@ impl Bundle {
     }
 }
 
+impl AsRef<Path> for Bundle {
+    fn as_ref(&self) -> &Path {
+        &self.dir
+    }
+}
+
 impl Default for Bundle {
     fn default() -> Self {
         Bundle::new()
@@ -455,6 +461,168 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// One OCI runtime binary (runc, crun or nestbox) with a private state root, driven through
+/// its runc-style command line. Every container still listed is force-deleted on drop, so a
+/// failed assertion leaves nothing running.
+pub struct Runtime {
+    /// A short name for messages ("runc", "nestbox").
+    pub name: &'static str,
+    pub bin: PathBuf,
+    /// The `--root` state directory.
+    pub root: TempDir,
+    /// Extra environment for every invocation.
+    pub env: Vec<(&'static str, &'static str)>,
+    /// Where the captured stdio of invocations goes (never inside `root`).
+    io: TempDir,
+}
+
+impl Runtime {
+    /// A runtime binary under a name.
+    pub fn new(name: &'static str, bin: PathBuf) -> Runtime {
+        require_root();
+        Runtime {
+            name,
+            bin,
+            root: TempDir::new(&format!("rt-{name}")),
+            env: Vec::new(),
+            io: TempDir::new("rt-io"),
+        }
+    }
+
+    /// The nestbox binary built in this workspace.
+    pub fn nestbox() -> Runtime {
+        Runtime::new("nestbox", bin("nestbox"))
+    }
+
+    /// Debian's runc, the reference.
+    pub fn runc() -> Runtime {
+        Runtime::new("runc", require_cmd("runc"))
+    }
+
+    /// The command line `<bin> --root <root> <args…>` with the extra environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.envs(self.env.iter().copied());
+        c.arg("--root").arg(self.root.path()).args(args);
+        c
+    }
+
+    /// Run a command with stdio on files (a container process may inherit them and would keep
+    /// a pipe open): (exit code or 128+signal, stdout, stderr).
+    pub fn out_cmd(&self, mut cmd: Command) -> (i32, String, String) {
+        use std::os::unix::process::ExitStatusExt;
+        let tag = unique("o");
+        let out_path = self.io.path().join(format!("{tag}.out"));
+        let err_path = self.io.path().join(format!("{tag}.err"));
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).expect("stdout file"))
+            .stderr(fs::File::create(&err_path).expect("stderr file"))
+            .status()
+            .expect("spawn runtime");
+        let read = |p: &Path| {
+            let s = fs::read_to_string(p).unwrap_or_default();
+            let _ = fs::remove_file(p);
+            s
+        };
+        (
+            status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            read(&out_path),
+            read(&err_path),
+        )
+    }
+
+    /// `<bin> --root <root> <args…>`: (exit code, stdout, stderr).
+    pub fn out(&self, args: &[&str]) -> (i32, String, String) {
+        self.out_cmd(self.cmd(args))
+    }
+
+    /// Like [`Runtime::out`], panicking with stderr unless it exits 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.out(args);
+        assert_eq!(
+            code, 0,
+            "{} {args:?} failed ({code}): {out}{err}",
+            self.name
+        );
+        out
+    }
+
+    /// `run` the bundle to completion under a fresh id: (exit code, stdout, stderr).
+    pub fn run(&self, bundle: &Bundle) -> (i32, String, String) {
+        let id = unique("rb");
+        self.out(&["run", "--bundle", path_str(bundle.path()), &id])
+    }
+
+    /// `create --bundle <path> <id>`: (exit code, stderr).
+    pub fn create(&self, bundle: impl AsRef<Path>, id: &str) -> (i32, String) {
+        let (code, _, err) = self.out(&["create", "--bundle", path_str(bundle.as_ref()), id]);
+        (code, err)
+    }
+
+    /// create + start a container whose process keeps running; returns its id.
+    pub fn start(&self, bundle: &Bundle) -> String {
+        let id = unique("sc");
+        let (code, err) = self.create(bundle, &id);
+        assert_eq!(code, 0, "{}: create: {err}", self.name);
+        self.ok(&["start", &id]);
+        id
+    }
+
+    /// The `state` JSON, or None when the runtime does not know the container.
+    pub fn state(&self, id: &str) -> Option<Value> {
+        let (code, out, _) = self.out(&["state", id]);
+        (code == 0).then(|| serde_json::from_str(&out).expect("state is JSON"))
+    }
+
+    /// The state's status ("created", "running", …) or "absent".
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)
+            .and_then(|s| s["status"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "absent".into())
+    }
+
+    /// The container's init pid from `state`.
+    pub fn pid(&self, id: &str) -> i32 {
+        let state = self
+            .state(id)
+            .unwrap_or_else(|| panic!("{}: no state for {id}", self.name));
+        state["pid"].as_i64().expect("pid in state") as i32
+    }
+
+    /// `ps --format json`: the container's pids.
+    pub fn pids(&self, id: &str) -> Vec<i32> {
+        let out = self.ok(&["ps", "--format", "json", id]);
+        serde_json::from_str(&out).expect("ps json")
+    }
+
+    /// The ids `list --format json` reports.
+    pub fn list_ids(&self) -> Vec<String> {
+        let (_, out, _) = self.out(&["list", "--format", "json"]);
+        match serde_json::from_str::<Value>(&out) {
+            Ok(Value::Array(list)) => list
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for id in self.list_ids() {
+            let _ = self.out(&["delete", "--force", &id]);
+        }
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
 }
 
 #[cfg(test)]

@@ -3,84 +3,10 @@
 //! with identical expectations.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use nestbox_tests::{bin, require_cmd, require_root, run, sh_ok, unique, Bundle, NetNs, TempDir};
+use nestbox_tests::{bin, require_cmd, require_root, sh_ok, unique, Bundle, NetNs, Runtime};
 use serde_json::json;
-
-/// A runtime under test: its binary and a private state root.
-struct Runtime {
-    bin: PathBuf,
-    root: TempDir,
-}
-
-impl Runtime {
-    fn new(bin: PathBuf) -> Runtime {
-        Runtime {
-            bin,
-            root: TempDir::new("rtroot"),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--root").arg(self.root.path());
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = run(self.cmd().args(args));
-        assert_eq!(
-            code,
-            0,
-            "{} {args:?} failed: {out}{err}",
-            self.bin.display()
-        );
-        out
-    }
-
-    /// `create`: the container's init inherits the caller's stdio, so give it files, not the
-    /// pipes `run()` would wait on until the container exits.
-    fn create(&self, bundle: &Path, id: &str) {
-        let log = self.root.path().join(format!("{id}.stdio"));
-        let f = fs::File::create(&log).expect("stdio file");
-        let status = self
-            .cmd()
-            .args(["create", "--bundle"])
-            .arg(bundle)
-            .arg(id)
-            .stdin(std::process::Stdio::null())
-            .stdout(f.try_clone().expect("dup"))
-            .stderr(f)
-            .status()
-            .expect("spawn create");
-        assert!(
-            status.success(),
-            "{} create {id}: {}",
-            self.bin.display(),
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-
-    fn pid(&self, id: &str) -> i32 {
-        let state: serde_json::Value =
-            serde_json::from_str(&self.ok(&["state", id])).expect("state JSON");
-        state["pid"].as_i64().expect("pid in state") as i32
-    }
-}
-
-/// Deletes a container (forcefully) when the test ends, whatever happened.
-struct Container<'a> {
-    rt: &'a Runtime,
-    id: String,
-}
-
-impl Drop for Container<'_> {
-    fn drop(&mut self) {
-        let _ = run(self.rt.cmd().args(["delete", "--force", &self.id]));
-    }
-}
 
 /// A bundle whose rootfs holds only the static pause binary.
 fn pause_bundle() -> Bundle {
@@ -104,16 +30,13 @@ fn ns_inode(pid: i32, ns: &str) -> String {
 fn pod_pattern(runtime: &Path) {
     require_root();
     require_cmd("ip");
-    let rt = Runtime::new(runtime.to_path_buf());
+    let rt = Runtime::new("runtime", runtime.to_path_buf());
     let node = NetNs::new("pod");
 
     let pause = pause_bundle();
     let pause_id = unique("pause");
-    let _pause_guard = Container {
-        rt: &rt,
-        id: pause_id.clone(),
-    };
-    rt.create(pause.path(), &pause_id);
+    let (code, err) = rt.create(&pause, &pause_id);
+    assert_eq!(code, 0, "create pause: {err}");
     rt.ok(&["start", &pause_id]);
     let pause_pid = rt.pid(&pause_id);
     assert!(pause_pid > 0);
@@ -144,10 +67,6 @@ fn pod_pattern(runtime: &Path) {
     ]);
     app.write();
     let app_id = unique("app");
-    let _app_guard = Container {
-        rt: &rt,
-        id: app_id.clone(),
-    };
     let out = rt.ok(&[
         "run",
         "--bundle",
@@ -177,10 +96,7 @@ fn pod_pattern(runtime: &Path) {
     // Pause exits 0 on SIGTERM.
     rt.ok(&["kill", &pause_id, "TERM"]);
     assert!(
-        nestbox_tests::wait_until(10, || {
-            let (_, s, _) = run(rt.cmd().args(["state", &pause_id]));
-            s.contains("\"stopped\"")
-        }),
+        nestbox_tests::wait_until(10, || { rt.status(&pause_id) == "stopped" }),
         "pause did not stop on SIGTERM"
     );
 }

@@ -8,53 +8,11 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use nestbox_tests::{bin, require_root, unique, Bundle, TempDir};
+use nestbox_tests::{unique, Bundle, Runtime};
 use serde_json::{json, Value};
 
-struct Nestbox {
-    root: TempDir,
-}
-
-impl Nestbox {
-    fn new() -> Nestbox {
-        require_root();
-        Nestbox {
-            root: TempDir::new("badin"),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("nestbox"));
-        c.arg("--root").arg(self.root.path()).args(args);
-        c
-    }
-
-    /// Run and return (exit code, stderr). Stderr goes through a file: a created container
-    /// inherits it and would keep a pipe open.
-    fn out(&self, args: &[&str]) -> (i32, String) {
-        let err_file = self
-            .root
-            .path()
-            .with_extension(format!("{}.err", unique("e")));
-        let status = self
-            .cmd(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err_file).expect("stderr file"))
-            .status()
-            .expect("spawn nestbox");
-        let err = std::fs::read_to_string(&err_file).unwrap_or_default();
-        let _ = std::fs::remove_file(&err_file);
-        (status.code().unwrap_or(-1), err)
-    }
-
-    fn create(&self, bundle: &Path, id: &str) -> (i32, String) {
-        self.out(&["create", "--bundle", bundle.to_str().expect("utf-8"), id])
-    }
-}
-
 /// Nothing of container `id` may remain: no state dir, no cgroup dir, no mount.
-fn assert_nothing_left(nb: &Nestbox, id: &str, bundle: Option<&Path>) {
+fn assert_nothing_left(nb: &Runtime, id: &str, bundle: Option<&Path>) {
     assert!(
         !nb.root.path().join(id).exists(),
         "state dir of {id} left behind"
@@ -103,7 +61,7 @@ fn assert_error(code: i32, stderr: &str, needles: &[&str]) {
 
 #[test]
 fn missing_bundle_is_named() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let id = unique("mb");
     let (code, err) = nb.create(Path::new("/nonexistent/bundle-x"), &id);
     assert_error(
@@ -116,7 +74,7 @@ fn missing_bundle_is_named() {
 
 #[test]
 fn unreadable_config_is_named() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let b = Bundle::new();
     std::fs::remove_file(b.path().join("config.json")).expect("rm config");
     std::fs::create_dir(b.path().join("config.json")).expect("config.json as a dir");
@@ -128,7 +86,7 @@ fn unreadable_config_is_named() {
 
 #[test]
 fn malformed_config_is_named() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let b = Bundle::new();
     std::fs::write(b.path().join("config.json"), "{\"ociVersion\": ").expect("write");
     let id = unique("mf");
@@ -139,7 +97,7 @@ fn malformed_config_is_named() {
 
 #[test]
 fn unknown_namespace_type_is_named() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let mut b = Bundle::new();
     b.config["linux"]["namespaces"] =
         json!([{"type": "pid"}, {"type": "mount"}, {"type": "bogusns"}]);
@@ -152,7 +110,7 @@ fn unknown_namespace_type_is_named() {
 
 #[test]
 fn invalid_id_is_named() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let b = Bundle::new();
     for id in ["bad/id", "..", "sp ace"] {
         let (code, err) = nb.create(b.path(), id);
@@ -168,7 +126,7 @@ fn invalid_id_is_named() {
 
 #[test]
 fn duplicate_id_is_refused_and_the_first_survives() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let mut b = Bundle::new();
     b.set_args(&["sleep", "100"]);
     b.write();
@@ -192,22 +150,22 @@ fn duplicate_id_is_refused_and_the_first_survives() {
 
 #[test]
 fn delete_of_unknown_id_says_does_not_exist() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let id = unique("nx");
-    let (code, err) = nb.out(&["delete", &id]);
+    let (code, _, err) = nb.out(&["delete", &id]);
     assert_error(code, &err, &["does not exist"]);
     // runc: --force on an unknown id succeeds.
     assert_eq!(nb.out(&["delete", "--force", &id]).0, 0);
-    let (code, err) = nb.out(&["state", &id]);
+    let (code, _, err) = nb.out(&["state", &id]);
     assert_error(code, &err, &["does not exist"]);
-    let (code, err) = nb.out(&["kill", &id, "KILL"]);
+    let (code, _, err) = nb.out(&["kill", &id, "KILL"]);
     assert_error(code, &err, &["does not exist"]);
 }
 
 #[test]
 fn failure_inside_init_cleans_up_cgroup_and_state() {
     // These fail after init was cloned and put in its cgroup.
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let mut b = Bundle::new();
     b.set_args(&["/no/such/binary"]);
     b.write();
@@ -230,7 +188,7 @@ fn failure_inside_init_cleans_up_cgroup_and_state() {
 
 #[test]
 fn errors_are_json_log_lines_with_log_format_json() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let log = nb.root.path().join("nestbox.log");
     let id = unique("js");
     let out = nb
@@ -260,7 +218,7 @@ fn errors_are_json_log_lines_with_log_format_json() {
 
 #[test]
 fn two_hundred_create_start_delete_cycles_leave_nothing_behind() {
-    let nb = Nestbox::new();
+    let nb = Runtime::nestbox();
     let mut b = Bundle::new();
     b.set_args(&["true"]);
     b.write();
@@ -273,9 +231,9 @@ fn two_hundred_create_start_delete_cycles_leave_nothing_behind() {
         let id = format!("{prefix}-{i}");
         let (code, err) = nb.create(b.path(), &id);
         assert_eq!(code, 0, "cycle {i}: create: {err}");
-        let (code, err) = nb.out(&["start", &id]);
+        let (code, _, err) = nb.out(&["start", &id]);
         assert_eq!(code, 0, "cycle {i}: start: {err}");
-        let (code, err) = nb.out(&["delete", "--force", &id]);
+        let (code, _, err) = nb.out(&["delete", "--force", &id]);
         assert_eq!(code, 0, "cycle {i}: delete: {err}");
     }
     let left: Vec<_> = std::fs::read_dir(nb.root.path())

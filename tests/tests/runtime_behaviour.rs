@@ -5,101 +5,11 @@
 //! `cargo test -p nestbox-tests --test runtime_behaviour -- --test-threads=2`
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use nestbox_tests::{bin, require_cmd, require_root, unique, wait_until, Bundle, TempDir};
+use nestbox_tests::{bin, require_root, unique, wait_until, Bundle, Runtime, TempDir};
 use serde_json::{json, Value};
-
-/// One runtime binary with its own state root.
-struct Runtime {
-    name: &'static str,
-    bin: PathBuf,
-    root: TempDir,
-}
-
-impl Runtime {
-    fn nestbox() -> Runtime {
-        Runtime {
-            name: "nestbox",
-            bin: bin("nestbox"),
-            root: TempDir::new("rt-nb"),
-        }
-    }
-
-    fn runc() -> Runtime {
-        Runtime {
-            name: "runc",
-            bin: require_cmd("runc"),
-            root: TempDir::new("rt-runc"),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--root").arg(self.root.path()).args(args);
-        c
-    }
-
-    /// Run a command that does not leave a container process holding its stdio (state,
-    /// start, kill, delete, list, run).
-    fn out(&self, args: &[&str]) -> (i32, String, String) {
-        nestbox_tests::run(&mut self.cmd(args))
-    }
-
-    /// `run` the bundle to completion: (exit code, stdout, stderr).
-    fn run(&self, bundle: &Bundle) -> (i32, String, String) {
-        let id = unique("rb");
-        let b = bundle.path().to_str().expect("utf-8 path");
-        self.out(&["run", "--bundle", b, &id])
-    }
-
-    /// `create` with stdio on files (the container keeps them open); returns (code, stderr).
-    fn create(&self, bundle: &Bundle, id: &str) -> (i32, String) {
-        let log = self.root.path().join(format!("{id}.create.err"));
-        let status = self
-            .cmd(&[
-                "create",
-                "--bundle",
-                bundle.path().to_str().expect("utf-8"),
-                id,
-            ])
-            .stdin(Stdio::null())
-            .stdout(File::create(self.root.path().join(format!("{id}.out"))).expect("out file"))
-            .stderr(File::create(&log).expect("err file"))
-            .status()
-            .expect("spawn create");
-        (
-            status.code().unwrap_or(-1),
-            std::fs::read_to_string(&log).unwrap_or_default(),
-        )
-    }
-
-    fn state(&self, id: &str) -> Option<Value> {
-        let (code, out, _) = self.out(&["state", id]);
-        (code == 0).then(|| serde_json::from_str(&out).expect("state is JSON"))
-    }
-
-    fn status(&self, id: &str) -> String {
-        self.state(id)
-            .and_then(|s| s["status"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "absent".into())
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        // Leave no container behind, even when an assertion failed.
-        let (_, out, _) = self.out(&["list", "--format", "json"]);
-        if let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&out) {
-            for c in list {
-                if let Some(id) = c["id"].as_str() {
-                    let _ = self.out(&["delete", "--force", id]);
-                }
-            }
-        }
-    }
-}
 
 fn runtimes() -> [Runtime; 2] {
     require_root();
