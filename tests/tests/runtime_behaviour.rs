@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use nestbox_tests::{bin, require_root, unique, wait_until, Bundle, Runtime, TempDir};
+use nestbox_tests::{bin, recv_fd, require_root, unique, wait_until, Bundle, Runtime, TempDir};
 use serde_json::{json, Value};
 
 fn runtimes() -> [Runtime; 2] {
@@ -413,40 +413,6 @@ fn user_namespace_maps_ids() {
             "65534:65534"
         ]
     );
-}
-
-/// Receive one fd and the payload over a unix stream (the console-socket protocol).
-fn recv_fd(stream: &std::os::unix::net::UnixStream) -> (String, std::os::fd::OwnedFd) {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let mut buf = [0u8; 4096];
-    let mut cmsg = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header that we then fill in.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cmsg);
-    // SAFETY: msg points at live buffers sized as declared.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
-    assert!(
-        n > 0,
-        "recvmsg on the console socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel filled msg_control; CMSG_FIRSTHDR/CMSG_DATA walk it as documented.
-    let fd = unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        assert!(!c.is_null(), "no control message (SCM_RIGHTS) received");
-        assert_eq!((*c).cmsg_type, libc::SCM_RIGHTS);
-        std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32)
-    };
-    // SAFETY: SCM_RIGHTS gave us a new fd that we now own.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    (String::from_utf8_lossy(&buf[..n as usize]).into_owned(), fd)
 }
 
 #[test]
