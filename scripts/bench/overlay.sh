@@ -47,6 +47,8 @@ pids=()
 teardown() {
     set +e
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    # iperf3 servers daemonise: a failed run must not leave them behind.
+    for f in "$work"/iperf-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
     pids=()
     for ns in $(ip netns list | awk '{print $1}' | grep "^$tag"); do ip netns del "$ns"; done
