@@ -110,58 +110,26 @@ pub enum Command {
     Features(features::Args),
 }
 
-/// Long flag names: `-name` / `-name=value` (as go-runc sends them) become `--name`.
-const LONG_FLAGS: &[&str] = &[
-    "root",
-    "log",
-    "log-format",
-    "log-level",
+/// Long flags that take no value. Together with the long (multi-letter) names in
+/// [`VALUE_FLAGS`] they are the names whose single-dash form (`-name`, `-name=value`, as
+/// go-runc sends them) becomes `--name`.
+const BOOL_LONG_FLAGS: &[&str] = &[
     "debug",
     "systemd-cgroup",
     "rootless",
-    "criu",
     "help",
     "version",
-    "bundle",
-    "pid-file",
-    "console-socket",
     "no-pivot",
     "no-new-keyring",
-    "preserve-fds",
     "detach",
     "no-subreaper",
     "keep",
     "all",
     "force",
-    "format",
     "quiet",
-    "process",
     "tty",
-    "cwd",
-    "env",
-    "user",
-    "additional-gids",
-    "cap",
     "no-new-privs",
-    "process-label",
-    "apparmor",
-    "resources",
-    "blkio-weight",
-    "cpu-period",
-    "cpu-quota",
-    "cpu-share",
-    "cpu-rt-period",
-    "cpu-rt-runtime",
-    "cpuset-cpus",
-    "cpuset-mems",
-    "memory",
-    "memory-reservation",
-    "memory-swap",
-    "pids-limit",
-    "kernel-memory",
-    "kernel-memory-tcp",
     "stats",
-    "interval",
 ];
 
 /// Flags that take a value (so the next argument is not a positional).
@@ -210,6 +178,11 @@ const VALUE_FLAGS: &[&str] = &[
     "r",
 ];
 
+/// A long flag name: a boolean long flag or a value flag longer than one letter.
+fn is_long_flag(name: &str) -> bool {
+    BOOL_LONG_FLAGS.contains(&name) || (name.len() > 1 && VALUE_FLAGS.contains(&name))
+}
+
 /// Rewrite single-dash long flags to the double-dash form clap expects. Stops after the
 /// container id (the second positional), so a command run by `exec` keeps its own flags.
 pub fn normalise_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
@@ -237,7 +210,7 @@ pub fn normalise_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
                 None => (name, false),
             };
             expect_value = !has_value && VALUE_FLAGS.contains(&name);
-            if !s.starts_with("--") && s.len() > 2 && LONG_FLAGS.contains(&name) {
+            if !s.starts_with("--") && s.len() > 2 && is_long_flag(name) {
                 out.push(OsString::from(format!("-{s}")));
                 continue;
             }
