@@ -15,9 +15,9 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData,
-    InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage, State,
+    AfSpecBridge, AfSpecInet, AfSpecUnspec, BridgeVlanInfo, BridgeVlanInfoFlags, InetDevConf,
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -352,7 +352,7 @@ impl Netlink {
         Ok(Netlink {
             sock,
             seq: 0,
-            buf: vec![0; 1 << 16],
+            buf: Vec::with_capacity(1 << 16),
         })
     }
 
@@ -392,7 +392,10 @@ impl Netlink {
         let mut replies = Vec::new();
         let mut interrupted = false;
         loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            // Into the buffer's spare capacity: never zeroed, and only the pages a
+            // reply reaches are ever touched.
+            self.buf.clear();
+            let n = self.sock.recv(&mut self.buf, 0)?.min(self.buf.len());
             let mut off = 0;
             while off + 16 <= n {
                 let len = u32::from_ne_bytes([
@@ -480,8 +483,9 @@ impl Netlink {
             .map(|_| ())
     }
 
-    /// Create a veth pair: `host` here (enslaved to `master`, up) and `peer` in the netns
-    /// `peer_ns` (down: the caller brings it up), with an optional MAC. One message: no intermediate state to undo.
+    /// Create a veth pair: `host` here (enslaved to `master`) and `peer` in the netns
+    /// `peer_ns`, with an optional MAC, both down: the caller brings the peer up, then
+    /// `host`. One message: no intermediate state to undo.
     #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &mut self,
@@ -492,10 +496,19 @@ impl Netlink {
         peer_mac: Option<&[u8]>,
         master: Option<u32>,
     ) -> io::Result<()> {
-        // The peer cannot be created up: opening it before this end exists is ENOTCONN.
+        // Both ends are created down: the peer cannot be created up (opening it before
+        // this end exists is ENOTCONN), and an end that is up while its peer is down
+        // has no carrier, which the kernel's link watcher answers with a qdisc
+        // deactivation costing an RCU grace period (the caller brings the peer up
+        // first, then this end, so carrier only ever comes on).
+        // One queue each way, said explicitly: without it the kernel allocates one per
+        // CPU and then shrinks the real count to one, waiting for an RCU grace period
+        // per end.
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
         p.attributes.push(LinkAttribute::NetNsFd(peer_ns));
+        p.attributes.push(LinkAttribute::NumTxQueues(1));
+        p.attributes.push(LinkAttribute::NumRxQueues(1));
         if let Some(mtu) = mtu {
             p.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -503,9 +516,9 @@ impl Netlink {
             p.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
         let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(host.to_string()));
+        m.attributes.push(LinkAttribute::NumTxQueues(1));
+        m.attributes.push(LinkAttribute::NumRxQueues(1));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -557,6 +570,96 @@ impl Netlink {
 
     pub fn set_up(&mut self, index: u32, up: bool) -> io::Result<()> {
         self.set_flag(index, LinkFlags::Up, up)
+    }
+
+    /// `net.ipv4.conf.<link>.arp_notify = 1`, and the link up if `up`, in one request.
+    /// Through netlink (IFLA_INET_CONF) rather than /proc/sys: on a node with many
+    /// network namespaces each /proc/sys/net lookup walks a dentry chain holding every
+    /// namespace's entry of that name (tens of µs with a few hundred pods).
+    pub fn set_arp_notify(&mut self, index: u32, up: bool) -> io::Result<()> {
+        let mut conf = InetDevConf::default();
+        conf.arp_notify = 1;
+        self.set_link(index, |m| {
+            if up {
+                m.header.flags = LinkFlags::Up;
+                m.header.change_mask = LinkFlags::Up;
+            }
+            m.attributes
+                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                    AfSpecInet::DevConfRequest(conf),
+                ])]));
+        })
+    }
+
+    /// `net.ipv4.ip_forward` (`net.ipv6.conf.all.forwarding` with `v6`), read with
+    /// RTM_GETNETCONF for NETCONFA_IFINDEX_ALL: the same kernel value as the sysctl,
+    /// without its /proc/sys lookup (see [`Netlink::set_arp_notify`]).
+    /// netlink-packet-route has no netconf messages, so this one is built by hand.
+    pub fn forwarding(&mut self, v6: bool) -> io::Result<bool> {
+        const RTM_GETNETCONF: u16 = 82;
+        const RTM_NEWNETCONF: u16 = 80;
+        const NETCONFA_IFINDEX: u16 = 1;
+        const NETCONFA_FORWARDING: u16 = 2;
+        const NETCONFA_IFINDEX_ALL: i32 = -1;
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+        // nlmsghdr, struct netconfmsg (one byte, padded to 4), NETCONFA_IFINDEX.
+        let mut req = Vec::with_capacity(28);
+        req.extend_from_slice(&28u32.to_ne_bytes());
+        req.extend_from_slice(&RTM_GETNETCONF.to_ne_bytes());
+        req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        req.extend_from_slice(&seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        req.extend_from_slice(&[family, 0, 0, 0]);
+        req.extend_from_slice(&8u16.to_ne_bytes());
+        req.extend_from_slice(&NETCONFA_IFINDEX.to_ne_bytes());
+        req.extend_from_slice(&NETCONFA_IFINDEX_ALL.to_ne_bytes());
+        self.sock.send(&req, 0)?;
+        loop {
+            self.buf.clear();
+            let n = self.sock.recv(&mut self.buf, 0)?.min(self.buf.len());
+            let mut off = 0;
+            while off + 16 <= n {
+                let b = &self.buf[off..n];
+                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                if len < 16 || len > b.len() {
+                    break;
+                }
+                let kind = u16::from_ne_bytes([b[4], b[5]]);
+                let mseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+                let msg = &b[16..len];
+                off += (len + 3) & !3;
+                if mseq != seq {
+                    continue;
+                }
+                if kind == netlink_packet_core::NLMSG_ERROR && msg.len() >= 4 {
+                    let code = i32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                if kind != RTM_NEWNETCONF {
+                    continue;
+                }
+                // Attributes follow the padded netconfmsg.
+                let mut a = 4;
+                while a + 4 <= msg.len() {
+                    let alen = u16::from_ne_bytes([msg[a], msg[a + 1]]) as usize;
+                    let atype = u16::from_ne_bytes([msg[a + 2], msg[a + 3]]) & 0x3fff;
+                    if alen < 4 || a + alen > msg.len() {
+                        break;
+                    }
+                    if atype == NETCONFA_FORWARDING && alen >= 8 {
+                        let v = &msg[a + 4..a + 8];
+                        return Ok(i32::from_ne_bytes([v[0], v[1], v[2], v[3]]) != 0);
+                    }
+                    a += (alen + 3) & !3;
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "RTM_NEWNETCONF without NETCONFA_FORWARDING",
+                ));
+            }
+        }
     }
 
     pub fn set_promisc(&mut self, index: u32, on: bool) -> io::Result<()> {

@@ -243,12 +243,13 @@ fn ensure_vlan_interface(nl: &mut Netlink, br: &Link, n: &Conf) -> Result<Link> 
             )))
         }
     }
-    if let Some(p) = nl.link_by_name(&port).map_err(nl_err("lookup vlan port"))? {
+    let port = nl.link_by_name(&port).map_err(nl_err("lookup vlan port"))?;
+    if let Some(p) = &port {
         if !n.preserve_default_vlan {
             let _ = nl.bridge_vlan(p.index, 1, false, false, false);
         }
         nl.bridge_vlan(p.index, n.vlan as u16, true, true, true)
-            .map_err(nl_err(format!("failed to setup vlan tag on {port}")))?;
+            .map_err(nl_err(format!("failed to setup vlan tag on {}", p.name)))?;
     }
     let l = nl
         .link_by_name(&name)
@@ -257,6 +258,11 @@ fn ensure_vlan_interface(nl: &mut Netlink, br: &Link, n: &Conf) -> Result<Link> 
     if !l.up {
         nl.set_up(l.index, true)
             .map_err(nl_err(format!("failed to set {name} up")))?;
+    }
+    // The bridge port last (see Netlink::create_veth).
+    if let Some(p) = port.filter(|p| !p.up) {
+        nl.set_up(p.index, true)
+            .map_err(nl_err(format!("failed to set {} up", p.name)))?;
     }
     Ok(l)
 }
@@ -270,13 +276,17 @@ fn container_sysctls(ns: &NetNs, ifname: &str, enabledad: bool) -> Result<()> {
         } else {
             let _ = std::fs::write(sysctl::iface_path("ipv6", ifname, "accept_dad"), "0");
         }
-        let _ = std::fs::write(sysctl::iface_path("ipv4", ifname, "arp_notify"), "1");
+        // arp_notify goes with the link-up request (Netlink::set_arp_notify).
     })
     .map_err(|e| Error::internal(e.to_string()))
 }
 
-/// `net.ipv4.ip_forward` / `net.ipv6.conf.all.forwarding`.
-fn enable_forward(v6: bool) -> Result<()> {
+/// `net.ipv4.ip_forward` / `net.ipv6.conf.all.forwarding`: read over netlink, written
+/// (rarely) through /proc/sys.
+fn enable_forward(nl: &mut Netlink, v6: bool) -> Result<()> {
+    if matches!(nl.forwarding(v6), Ok(true)) {
+        return Ok(());
+    }
     let p = if v6 {
         "/proc/sys/net/ipv6/conf/all/forwarding"
     } else {
@@ -411,7 +421,7 @@ impl Bridge {
         };
         let mtu = (n.mtu > 0).then_some(n.mtu);
 
-        // The veth: created in one message, node end already enslaved and up.
+        // The veth: created in one message, node end already enslaved; both ends down.
         let mut host_name = String::new();
         for attempt in 0..10 {
             let name = random_veth_name();
@@ -475,10 +485,11 @@ impl Bridge {
             .ok_or_else(|| Error::internal(format!("failed to lookup {:?}", args.ifname)))?;
         // Before the link is up: its link-local address must not start DAD either.
         container_sysctls(&ns, &args.ifname, n.enabledad)?;
-        if !n.disable_container_interface {
-            cnl.set_up(cont.index, true)
-                .map_err(nl_err("set container interface up"))?;
-        }
+        cnl.set_arp_notify(cont.index, !n.disable_container_interface)
+            .map_err(nl_err("set container interface up"))?;
+        // The node end after the pod's (see Netlink::create_veth).
+        nl.set_up(host.index, true)
+            .map_err(nl_err(format!("failed to set {host_name} up")))?;
 
         if n.macspoofchk {
             undo.spoofchk = true;
@@ -564,7 +575,7 @@ impl Bridge {
                         }
                         pinned = true;
                     }
-                    enable_forward(gw.is_ipv6())?;
+                    enable_forward(&mut nl, gw.is_ipv6())?;
                 }
             }
         }
