@@ -1,6 +1,7 @@
 #!/bin/sh
-# Install nestbox's CNI plugins and overlay agent: copy target/release/nestbox-cni and
-# nestbox-overlayd into the CNI bin dir and link the plugin names to nestbox-cni
+# Install nestbox's CNI plugins and overlay agent: copy nestbox-cni (the static musl
+# build from scripts/build-cni.sh, which this runs) and target/release/nestbox-overlayd
+# into the CNI bin dir and link the plugin names to nestbox-cni
 # (nestbox-{bridge,host-local,loopback,vxlan,host-gw}). The reference plugins' names
 # (bridge, host-local, loopback) and flannel's are only taken with --drop-in.
 #   scripts/install.sh [--cni-bin-dir DIR] [--drop-in]
@@ -14,13 +15,19 @@ while [ $# -gt 0 ]; do
         --cni-bin-dir) bin_dir="$2"; shift 2 ;;
         --cni-bin-dir=*) bin_dir="${1#*=}"; shift ;;
         --drop-in) drop_in=1; shift ;;
-        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-cni_src="${NESTBOX_CNI_BIN:-$root/target/release/nestbox-cni}"
+if [ -n "${NESTBOX_CNI_BIN:-}" ]; then
+    cni_src=$NESTBOX_CNI_BIN
+elif command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ]; then
+    cni_src=$(bash "$root/scripts/build-cni.sh" --quiet | tail -1)
+else
+    cni_src=$root/target/release/nestbox-cni
+fi
 overlayd_src="${NESTBOX_OVERLAYD_BIN:-$root/target/release/nestbox-overlayd}"
 for src in "$cni_src" "$overlayd_src"; do
     if [ ! -x "$src" ]; then

@@ -13,10 +13,18 @@ bash scripts/kube-build.sh
 
 echo "== build (release)"
 cargo build --release --workspace
+# The CNI plugins are tested as installed: the static musl build (scripts/build-cni.sh).
+NESTBOX_CNI_BIN=$(bash scripts/build-cni.sh | tail -1)
+export NESTBOX_CNI_BIN
+echo "CNI plugins under test: $NESTBOX_CNI_BIN"
 
 echo "== fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+case "$NESTBOX_CNI_BIN" in
+    */x86_64-unknown-linux-musl/*)
+        cargo clippy --release -p nestbox-cni --target x86_64-unknown-linux-musl -- -D warnings ;;
+esac
 
 echo "== tests"
 export NESTBOX_BIN_DIR="$PWD/target/release"

@@ -25,6 +25,20 @@ pub fn workspace_root() -> PathBuf {
 
 /// Path of a built nestbox binary: `$NESTBOX_BIN_DIR/<name>`, else `target/release`, else
 /// `target/debug`. Panics when it was not built.
+/// The nestbox-cni binary under test: `$NESTBOX_CNI_BIN` (scripts/test.sh sets it to the
+/// static musl build that gets installed, see scripts/build-cni.sh), else the workspace
+/// build.
+pub fn cni_bin() -> PathBuf {
+    match std::env::var_os("NESTBOX_CNI_BIN") {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "NESTBOX_CNI_BIN={} is not a file", p.display());
+            p
+        }
+        _ => bin("nestbox-cni"),
+    }
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let mut dirs = Vec::new();
     if let Ok(d) = std::env::var("NESTBOX_BIN_DIR") {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use cni_common::*;
 use nestbox_tests::{
-    bin, busybox_rootfs, require_cmd, sh_ok, veth_between, wait_until, NetNs, TempDir,
+    busybox_rootfs, cni_bin, require_cmd, sh_ok, veth_between, wait_until, NetNs, TempDir,
 };
 
 struct Podman {
@@ -56,7 +56,7 @@ fn write_configs(work: &Path) {
     let bins = work.join("bin");
     std::fs::create_dir_all(&bins).expect("mkdir");
     for p in ["nestbox-bridge", "nestbox-host-local", "nestbox-loopback"] {
-        std::os::unix::fs::symlink(bin("nestbox-cni"), bins.join(p)).expect("symlink");
+        std::os::unix::fs::symlink(cni_bin(), bins.join(p)).expect("symlink");
     }
     for p in ["portmap", "bandwidth", "loopback", "firewall", "tuning"] {
         std::os::unix::fs::symlink(Path::new(REFERENCE_DIR).join(p), bins.join(p))

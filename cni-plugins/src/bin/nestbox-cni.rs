@@ -2,6 +2,12 @@
 //! (`nestbox-bridge`, `bridge`, `nestbox-host-local`, `nestbox-vxlan`, `flannel`, ...), or
 //! `nestbox-cni <plugin>`.
 
+// musl's allocator hands every small free page back to the kernel at once: an ADD paid
+// about a hundred mmap/munmap pairs for it. dlmalloc keeps what it got.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 fn main() {
     let mut argv = std::env::args();
     let arg0 = argv.next().unwrap_or_default();

@@ -8,7 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use nestbox_tests::{bin, require_cmd, require_root, workspace_root, NetNs, TempDir};
+use nestbox_tests::{bin, cni_bin, require_cmd, require_root, workspace_root, NetNs, TempDir};
 use serde_json::{json, Value};
 
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
@@ -27,7 +27,7 @@ pub enum Impl {
 impl Impl {
     pub fn exe(self, plugin: &str) -> PathBuf {
         match self {
-            Impl::Ours => bin("nestbox-cni"),
+            Impl::Ours => cni_bin(),
             Impl::Reference => {
                 let p = Path::new(REFERENCE_DIR).join(plugin);
                 assert!(
@@ -55,7 +55,7 @@ impl PluginDir {
         }
         // Our own names too (for configs that say nestbox-*).
         for name in ["nestbox-bridge", "nestbox-host-local", "nestbox-loopback"] {
-            symlink(bin("nestbox-cni"), dir.path().join(name)).expect("symlink plugin");
+            symlink(cni_bin(), dir.path().join(name)).expect("symlink plugin");
         }
         PluginDir { dir }
     }
@@ -70,7 +70,7 @@ pub fn install(dir: &Path, drop_in: bool) {
     let mut c = Command::new(workspace_root().join("scripts/install.sh"));
     c.arg("--cni-bin-dir")
         .arg(dir)
-        .env("NESTBOX_CNI_BIN", bin("nestbox-cni"))
+        .env("NESTBOX_CNI_BIN", cni_bin())
         .env("NESTBOX_OVERLAYD_BIN", bin("nestbox-overlayd"));
     if drop_in {
         c.arg("--drop-in");
