@@ -60,6 +60,35 @@ fn dual_stack_pod_gets_requested_ip_mac_and_mtu() {
     assert!(!pod
         .exec_ok(&["ip", "-6", "addr", "show", "dev", "eth0"])
         .contains("tentative"));
+    // The reference's sysctls, set by other means here (a private proc instance,
+    // IFLA_INET_CONF, RTM_GETNETCONF + /proc/sys): a fresh node netns starts with
+    // forwarding off and a fresh pod link with DAD on and arp_notify off.
+    assert_eq!(
+        pod.exec_ok(&["cat", "/proc/sys/net/ipv6/conf/eth0/accept_dad"])
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        pod.exec_ok(&["cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"])
+            .trim(),
+        "1"
+    );
+    for key in ["ipv4/ip_forward", "ipv6/conf/all/forwarding"] {
+        let v = node.exec_ok(&["cat", &format!("/proc/sys/net/{key}")]);
+        assert_eq!(v.trim(), "1", "{key}");
+    }
+    // One queue each way on both ends (said at creation, so the kernel never shrinks
+    // them), both up with carrier.
+    let host = r["interfaces"][1]["name"].as_str().expect("host veth name");
+    for (ns, dev) in [(&pod, "eth0"), (&node, host)] {
+        let l = ns.exec_ok(&["ip", "-d", "link", "show", dev]);
+        assert!(
+            l.contains("numtxqueues 1 numrxqueues 1")
+                && l.contains("state UP")
+                && l.contains("LOWER_UP"),
+            "{l}"
+        );
+    }
     Call::new("DEL", "ds1", &netns, "eth0", pd.path())
         .run(Some(&node), &exe, &conf)
         .ok();

@@ -270,11 +270,12 @@ fn ensure_vlan_interface(nl: &mut Netlink, br: &Link, n: &Conf) -> Result<Link> 
 /// DAD off unless `enabledad` (waiting for DAD made ADDs take seconds), arp_notify on.
 fn container_sysctls(ns: &NetNs, ifname: &str, enabledad: bool) -> Result<()> {
     ns.run(|| {
+        let conf = sysctl::IfaceSysctls::new();
         if enabledad {
-            let _ = std::fs::write(sysctl::iface_path("ipv6", ifname, "enhanced_dad"), "1");
-            let _ = std::fs::write(sysctl::iface_path("ipv6", ifname, "accept_dad"), "1");
+            let _ = conf.set("ipv6", ifname, "enhanced_dad", "1");
+            let _ = conf.set("ipv6", ifname, "accept_dad", "1");
         } else {
-            let _ = std::fs::write(sysctl::iface_path("ipv6", ifname, "accept_dad"), "0");
+            let _ = conf.set("ipv6", ifname, "accept_dad", "0");
         }
         // arp_notify goes with the link-up request (Netlink::set_arp_notify).
     })
