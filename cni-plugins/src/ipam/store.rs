@@ -9,12 +9,11 @@ use std::ffi::{CStr, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, Flock, FlockArg, OFlag};
 use nix::sys::stat::{fstatat, Mode};
@@ -110,56 +109,92 @@ impl Store {
             .ok()
     }
 
-    /// Every reservation (and stale temp file) in the network dir. The files are opened
-    /// relative to the directory and read without a size probe: a node with many pods
-    /// reads them all on every ADD and DEL.
+    /// Every reservation (and stale temp file) in the network dir.
     pub fn entries(&self) -> Result<Vec<Entry>> {
-        let mut dir = match Dir::open(
+        self.scan(|_| true)
+    }
+
+    /// The reservations whose container id passes `want`. Every file is read (a node
+    /// with many pods reads them all on every ADD and DEL, as the reference does), but
+    /// only the wanted ones become [`Entry`]s: the directory is listed with one
+    /// getdents64 per 32 KiB, each file opened relative to it and read once into a stack
+    /// buffer (O_NOATIME: no inode update for the first read of a new reservation), and
+    /// the rest allocates nothing.
+    fn scan(&self, mut want: impl FnMut(&str) -> bool) -> Result<Vec<Entry>> {
+        let dir = match nix::fcntl::open(
             &self.dir,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         ) {
-            Ok(d) => d,
+            // SAFETY: `open` just returned this fd and nothing else owns it.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
             Err(Errno::ENOENT) => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("failed to read IPAM store", io::Error::from(e))),
         };
         let dfd = dir.as_raw_fd();
         let mut out = Vec::new();
-        let mut data = Vec::with_capacity(256);
-        for ent in dir.iter().flatten() {
-            let raw = ent.file_name();
-            let bytes = raw.to_bytes();
-            if bytes == b"." || bytes == b".." {
-                continue;
-            }
-            let name = String::from_utf8_lossy(bytes).into_owned();
-            if is_meta(&name) || !is_file(dfd, raw, ent.file_type()) {
-                continue;
-            }
-            if read_at(dfd, raw, &mut data).is_err() {
-                continue;
-            }
-            let Ok(data) = std::str::from_utf8(&data) else {
-                continue;
+        let mut listing = vec![0u8; 32 << 10];
+        let mut data = Vec::new();
+        let mut noatime = true;
+        loop {
+            // SAFETY: getdents64(2) into a buffer we own, with its true length.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dfd,
+                    listing.as_mut_ptr(),
+                    listing.len(),
+                )
             };
-            let data = data.trim();
-            let (id, ifname) = match data.split_once(LINE_BREAK) {
-                Some((id, ifname)) => (id.trim(), ifname.trim()),
-                None => (data, ""),
-            };
-            out.push(Entry {
-                ip: name.parse().ok(),
-                path: self.dir.join(OsStr::from_bytes(bytes)),
-                container_id: id.to_string(),
-                ifname: ifname.to_string(),
-            });
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::io("failed to read IPAM store", e));
+            }
+            if n == 0 {
+                break;
+            }
+            for (raw, d_type) in Dirents(&listing[..n as usize]) {
+                let bytes = raw.to_bytes();
+                if bytes == b"." || bytes == b".." {
+                    continue;
+                }
+                let Ok(name) = std::str::from_utf8(bytes) else {
+                    continue;
+                };
+                if is_meta(name) || !is_file(dfd, raw, d_type) {
+                    continue;
+                }
+                if read_at(dfd, raw, &mut noatime, &mut data).is_err() {
+                    continue;
+                }
+                let Ok(text) = std::str::from_utf8(&data) else {
+                    continue;
+                };
+                let text = text.trim();
+                let (id, ifname) = match text.split_once(LINE_BREAK) {
+                    Some((id, ifname)) => (id.trim(), ifname.trim()),
+                    None => (text, ""),
+                };
+                if !want(id) {
+                    continue;
+                }
+                out.push(Entry {
+                    ip: name.parse().ok(),
+                    path: self.dir.join(OsStr::from_bytes(bytes)),
+                    container_id: id.to_string(),
+                    ifname: ifname.to_string(),
+                });
+            }
         }
         Ok(out)
     }
 
     /// The reservations of (id, ifname); old id-only files match when no new-style one does.
     pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<Entry>> {
-        let all = self.entries()?;
+        let all = self.scan(|i| i == id)?;
         let exact: Vec<Entry> = all
             .iter()
             .filter(|e| e.container_id == id && e.ifname == ifname)
@@ -200,27 +235,59 @@ impl Store {
     }
 }
 
+/// The (name, d_type) records of a getdents64 buffer.
+struct Dirents<'a>(&'a [u8]);
+
+impl<'a> Iterator for Dirents<'a> {
+    type Item = (&'a CStr, u8);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // struct linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, name.
+        const NAME: usize = 19;
+        let b = self.0;
+        if b.len() < NAME {
+            return None;
+        }
+        let reclen = u16::from_ne_bytes([b[16], b[17]]) as usize;
+        if reclen < NAME || reclen > b.len() {
+            return None;
+        }
+        self.0 = &b[reclen..];
+        let name = CStr::from_bytes_until_nul(&b[NAME..reclen]).ok()?;
+        Some((name, b[18]))
+    }
+}
+
 /// A regular file (not following symlinks); `lstat`s only when the directory entry does
 /// not say.
-fn is_file(dfd: RawFd, name: &CStr, t: Option<Type>) -> bool {
-    match t {
-        Some(t) => t == Type::File,
-        None => fstatat(Some(dfd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+fn is_file(dfd: RawFd, name: &CStr, d_type: u8) -> bool {
+    match d_type {
+        libc::DT_REG => true,
+        libc::DT_UNKNOWN => fstatat(Some(dfd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
             .unwrap_or(false),
+        _ => false,
     }
 }
 
 /// The whole content of the regular file `name` in the directory `dfd` into `buf`. A
 /// short read of a regular file is its end, so a reservation (tens of bytes) costs one
-/// read.
-fn read_at(dfd: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
-    let fd = openat(
-        Some(dfd),
-        name,
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+/// read. `noatime` is cleared when the kernel refuses O_NOATIME (not the file's owner
+/// and no CAP_FOWNER).
+fn read_at(dfd: RawFd, name: &CStr, noatime: &mut bool, buf: &mut Vec<u8>) -> io::Result<()> {
+    let base = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let flags = if *noatime {
+        base | OFlag::O_NOATIME
+    } else {
+        base
+    };
+    let fd = match openat(Some(dfd), name, flags, Mode::empty()) {
+        Err(Errno::EPERM) if *noatime => {
+            *noatime = false;
+            openat(Some(dfd), name, base, Mode::empty())?
+        }
+        r => r?,
+    };
     // SAFETY: `openat` just returned this fd and nothing else owns it.
     let mut f = unsafe { File::from_raw_fd(fd) };
     buf.clear();
