@@ -34,11 +34,12 @@ pub fn iface_path(family: &str, ifname: &str, name: &str) -> String {
 ///
 /// Why: /proc/sys shows every netns's `net` tree under shared directory dentries, so
 /// looking up `net/ipv6/conf/eth0` walks a dcache chain holding the `eth0` (and `ipv6`)
-/// entry of every pod on the machine, each compared under a spin lock. With 500 network
-/// namespaces one such open took 290–560 µs here; through a fresh proc instance
-/// (fsopen/fsmount: a detached mount, attached nowhere, gone with its fd), whose dcache
-/// holds only what this process looks up, 45–60 µs. With few namespaces the private
-/// instance costs about 25 µs more than the plain path.
+/// entry of every pod on the machine, each compared under a spin lock. With 500 pods
+/// the accept_dad write of a new pod took 260–380 µs here; through a fresh proc
+/// instance (fsopen/fsmount: a detached mount, attached nowhere, gone with its fd),
+/// whose dcache holds only what this process looks up, 70–160 µs, most of it the
+/// expedited RCU grace period of the unmount. With few pods the private instance costs
+/// about 25 µs more than the plain path.
 pub struct IfaceSysctls {
     proc_root: Option<OwnedFd>,
 }
