@@ -167,6 +167,11 @@ fn a_foreign_gateway_address_on_the_bridge_is_refused_unless_forced() {
     assert!(ip_files(data.path(), "gw").is_empty());
     assert_eq!(masq_rules(&node), 0);
     assert!(!pod.exec_ok(&["ip", "-o", "link"]).contains("eth0"));
+    let addrs = node.exec_ok(&["ip", "-4", "addr", "show", "gwbr0"]);
+    assert!(
+        addrs.contains("10.72.9.1/24") && !addrs.contains("10.72.0.1"),
+        "{addrs}"
+    );
     conf["forceAddress"] = json!(true);
     Call::new("ADD", "gw1", &netns, "eth0", pd.path())
         .run(Some(&node), &exe, &conf)
@@ -179,6 +184,66 @@ fn a_foreign_gateway_address_on_the_bridge_is_refused_unless_forced() {
     Call::new("DEL", "gw1", &netns, "eth0", pd.path())
         .run(Some(&node), &exe, &conf)
         .ok();
+}
+
+/// IPv6: the gateway address already on the bridge under another prefix conflicts (the
+/// kernel's EEXIST for IPv6 ignores the prefix); forceAddress replaces it.
+#[test]
+fn a_v6_gateway_under_another_prefix_is_refused_unless_forced() {
+    require_cni_tools();
+    let node = NetNs::new("g6n");
+    let pod = NetNs::new("g6p");
+    let data = TempDir::new("cnig6");
+    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
+    let exe = pd.path().join("bridge");
+    node.exec_ok(&["ip", "link", "add", "g6br0", "type", "bridge"]);
+    node.exec_ok(&[
+        "ip",
+        "addr",
+        "add",
+        "fd00:73::1/56",
+        "dev",
+        "g6br0",
+        "nodad",
+    ]);
+    let mut conf = json!({
+        "cniVersion": "1.0.0", "name": "g6", "type": "bridge", "bridge": "g6br0",
+        "isGateway": true,
+        "ipam": {"type": "host-local", "dataDir": data.path().display().to_string(),
+                 "ranges": [[{"subnet": "fd00:73::/64"}]]}
+    });
+    let netns = pod.path().display().to_string();
+    let r = Call::new("ADD", "g61", &netns, "eth0", pd.path()).run(Some(&node), &exe, &conf);
+    assert!(
+        r.code != 0
+            && r.stdout
+                .contains("already has an IP address different from"),
+        "{}",
+        r.stdout
+    );
+    assert!(veths(&node).is_empty());
+    assert!(ip_files(data.path(), "g6").is_empty());
+    conf["forceAddress"] = json!(true);
+    Call::new("ADD", "g61", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    let addrs = node.exec_ok(&["ip", "-6", "addr", "show", "g6br0", "scope", "global"]);
+    assert!(
+        addrs.contains("fd00:73::1/64") && !addrs.contains("/56"),
+        "{addrs}"
+    );
+    // A second pod finds the gateway in place.
+    let pod2 = NetNs::new("g6q");
+    let netns2 = pod2.path().display().to_string();
+    conf["forceAddress"] = json!(false);
+    Call::new("ADD", "g62", &netns2, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    for (id, ns) in [("g61", &netns), ("g62", &netns2)] {
+        Call::new("DEL", id, ns, "eth0", pd.path())
+            .run(Some(&node), &exe, &conf)
+            .ok();
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -485,7 +485,8 @@ impl Netlink {
 
     /// Create a veth pair: `host` here (enslaved to `master`) and `peer` in the netns
     /// `peer_ns`, with an optional MAC, both down: the caller brings the peer up, then
-    /// `host`. One message: no intermediate state to undo.
+    /// `host`. One message: no intermediate state to undo. Returns `host` as the kernel
+    /// echoes it (NLM_F_ECHO, Linux 6.3+), or None from kernels that do not echo.
     #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &mut self,
@@ -495,7 +496,7 @@ impl Netlink {
         mtu: Option<u32>,
         peer_mac: Option<&[u8]>,
         master: Option<u32>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<Link>> {
         // Both ends are created down: the peer cannot be created up (opening it before
         // this end exists is ENOTCONN), and an end that is up while its peer is down
         // has no carrier, which the kernel's link watcher answers with a qdisc
@@ -529,8 +530,14 @@ impl Netlink {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
-        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
-            .map(|_| ())
+        let r = self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+        )?;
+        Ok(r.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(Link::from_msg(l)).filter(|l| l.name == host),
+            _ => None,
+        }))
     }
 
     /// `ip link add <name> address <mac> mtu <mtu> type vxlan id <vni> local <local>

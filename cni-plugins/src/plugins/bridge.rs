@@ -234,7 +234,7 @@ fn ensure_vlan_interface(nl: &mut Netlink, br: &Link, n: &Conf) -> Result<Link> 
     let port = random_veth_name();
     let mtu = (br.mtu > 0).then_some(br.mtu);
     match nl.create_veth(&port, &name, here.fd(), mtu, None, Some(br.index)) {
-        Ok(()) => {}
+        Ok(_) => {}
         // Another ADD created it first.
         Err(e) if netlink::is_exists(&e) => {}
         Err(e) => {
@@ -302,27 +302,46 @@ fn gateway_of(a: &IpNetwork) -> IpAddr {
 }
 
 /// Put `gw` on the bridge; another address of the family (overlapping for v6) is an
-/// error unless forceAddress, which replaces it.
+/// error unless forceAddress, which replaces it. Returns whether `gw` was added.
+///
+/// The add comes first: on a running node the gateway is already there and the kernel's
+/// EEXIST says so in one request (for IPv4 it means this very address and prefix; IPv6
+/// compares the address only, so the prefix is checked in the listing). Only a new
+/// gateway pays for listing the bridge's addresses, and is taken back off if another
+/// one conflicts.
 fn ensure_gateway_addr(nl: &mut Netlink, br: &Link, gw: IpNetwork, force: bool) -> Result<bool> {
+    let added = match nl.add_addr(br.index, gw, true) {
+        Ok(()) => true,
+        Err(e) if netlink::is_exists(&e) => false,
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "could not add IP address to {:?}: {e}",
+                br.name
+            )))
+        }
+    };
+    if !added && gw.is_ipv4() {
+        return Ok(false);
+    }
     let addrs = nl
         .addrs(br.index)
         .map_err(nl_err("list bridge addresses"))?;
+    if !added && addrs.contains(&gw) {
+        return Ok(false);
+    }
     for a in &addrs {
-        if *a == gw {
-            return Ok(false);
-        }
-        if a.is_ipv4() != gw.is_ipv4() {
+        if *a == gw || a.is_ipv4() != gw.is_ipv4() {
             continue;
         }
         let conflicts = gw.is_ipv4() || a.contains(gw.ip()) || gw.contains(a.ip());
-        if conflicts
-            && a.is_ipv4() == gw.is_ipv4()
-            && !(a.is_ipv6() && a.ip().to_string().starts_with("fe80"))
-        {
+        if conflicts && !(a.is_ipv6() && a.ip().to_string().starts_with("fe80")) {
             if force {
                 nl.del_addr(br.index, *a)
                     .map_err(nl_err("remove bridge address"))?;
             } else {
+                if added {
+                    let _ = nl.del_addr(br.index, gw);
+                }
                 return Err(Error::internal(format!(
                     "{:?} already has an IP address different from {gw}",
                     br.name
@@ -330,14 +349,13 @@ fn ensure_gateway_addr(nl: &mut Netlink, br: &Link, gw: IpNetwork, force: bool) 
             }
         }
     }
-    match nl.add_addr(br.index, gw, true) {
-        Ok(()) => Ok(true),
-        Err(e) if netlink::is_exists(&e) => Ok(false),
-        Err(e) => Err(Error::internal(format!(
-            "could not add IP address to {:?}: {e}",
-            br.name
-        ))),
+    if !added {
+        // The same IPv6 address under another prefix: replaced only with forceAddress.
+        nl.add_addr(br.index, gw, true).map_err(|e| {
+            Error::internal(format!("could not add IP address to {:?}: {e}", br.name))
+        })?;
     }
+    Ok(true)
 }
 
 // ---- macspoofchk (nftables, bridge family) ----
@@ -415,7 +433,7 @@ impl Bridge {
             )
         })?;
         let mut cnl = ns.netlink().map_err(nl_err("netlink in netns"))?;
-        refuse_taken_ifname(&mut cnl, &args.ifname)?;
+        // A taken pod ifname shows as EEXIST from the create below (then looked up).
         let mac = match &n.mac {
             Some(m) => Some(netlink::parse_mac(m).map_err(|e| Error::config(e.to_string()))?),
             None => None,
@@ -424,6 +442,7 @@ impl Bridge {
 
         // The veth: created in one message, node end already enslaved; both ends down.
         let mut host_name = String::new();
+        let mut echoed = None;
         for attempt in 0..10 {
             let name = random_veth_name();
             match nl.create_veth(
@@ -434,8 +453,9 @@ impl Bridge {
                 mac.as_deref(),
                 Some(br.index),
             ) {
-                Ok(()) => {
+                Ok(l) => {
                     host_name = name;
+                    echoed = l;
                     break;
                 }
                 // A random host name collided, or the pod's name was taken meanwhile.
@@ -445,10 +465,13 @@ impl Bridge {
                 Err(e) => return Err(Error::internal(format!("failed to create veth: {e}"))),
             }
         }
-        let host = nl
-            .link_by_name(&host_name)
-            .map_err(nl_err("lookup veth"))?
-            .ok_or_else(|| Error::internal(format!("failed to lookup {host_name:?}")))?;
+        let host = match echoed {
+            Some(l) => l,
+            None => nl
+                .link_by_name(&host_name)
+                .map_err(nl_err("lookup veth"))?
+                .ok_or_else(|| Error::internal(format!("failed to lookup {host_name:?}")))?,
+        };
         undo.host_veth = Some(host.index);
 
         if n.hairpin || n.port_isolation {
@@ -584,10 +607,8 @@ impl Bridge {
         if let Some(p) = undo.masq_pending.take() {
             p.finish()?;
         }
-        let host = nl
-            .link_by_name(&host_name)
-            .map_err(nl_err("lookup veth"))?
-            .unwrap_or(host);
+        // The node end's name, MAC and MTU are as created; the bridge's MAC may have
+        // followed its ports.
         let br = nl
             .link_by_name(&n.bridge)
             .map_err(nl_err("lookup bridge"))?
