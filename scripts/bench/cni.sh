@@ -3,10 +3,11 @@
 # (/usr/lib/cni), same config, runs interleaved, medians and ratios (ours/reference),
 # at 1 pod and with 250 pods already on the bridge; plus peak RSS of one ADD.
 # Everything happens inside a node netns created here and removed on exit.
-#   scripts/bench/cni.sh [-n RUNS] [--pods N] [--no-masq]
+#   scripts/bench/cni.sh [-n RUNS] [--pods N] [--no-masq] [--shell]
 set -euo pipefail
 
 runs=30
+harness=go
 preload=250
 masq=true
 while [ $# -gt 0 ]; do
@@ -14,15 +15,17 @@ while [ $# -gt 0 ]; do
         -n) runs="$2"; shift 2 ;;
         --pods) preload="$2"; shift 2 ;;
         --no-masq) masq=false; shift ;;
-        *) echo "usage: $0 [-n RUNS] [--pods N] [--no-masq]" >&2; exit 2 ;;
+        --shell) harness=shell; shift ;;
+        *) echo "usage: $0 [-n RUNS] [--pods N] [--no-masq] [--shell]" >&2; exit 2 ;;
     esac
 done
 
 [ "$(id -u)" = 0 ] || { echo "cni.sh: needs root" >&2; exit 1; }
 root=$(cd "$(dirname "$0")/../.." && pwd)
-ours_bin="${NESTBOX_CNI_BIN:-$root/target/release/nestbox-cni}"
+# Ours: the installed build (static musl, scripts/build-cni.sh) unless NESTBOX_CNI_BIN says.
+ours_bin="${NESTBOX_CNI_BIN:-$(bash "$root/scripts/build-cni.sh" --quiet | tail -1)}"
 ref_dir=/usr/lib/cni
-[ -x "$ours_bin" ] || { echo "build first: cargo build --release -p nestbox-cni" >&2; exit 1; }
+[ -x "$ours_bin" ] || { echo "cni.sh: $ours_bin not found" >&2; exit 1; }
 [ -x "$ref_dir/bridge" ] || { echo "reference plugins missing in $ref_dir" >&2; exit 1; }
 
 tag="nbb$$"
@@ -60,66 +63,94 @@ newpods() { # count -> names on stdout, netns created in one batch
     printf '%s\n' "${names[@]}"
 }
 
-# One timed plugin call inside the node netns: prints microseconds.
-# The loop itself runs inside the node (a bash started with ip netns exec), so the
-# measured time is the plugin process alone (fork+exec+work), as a runtime sees it.
+# The timer: scripts/bench/cni-exec.go starts each plugin the way libcni does (Go's
+# os/exec, config on stdin, output captured) and times it from start to exit: the
+# latency a runtime sees. --shell times each call around a bash child instead (bash's
+# fork of itself adds ~0.3 ms to both sides; kept to compare with earlier runs).
+# Either way the timer runs inside the node netns.
+if [ "$harness" = go ]; then
+    go=$(command -v go || true)
+    for g in /usr/lib/go/bin/go /usr/lib/go-1.*/bin/go; do [ -n "$go" ] || { [ -x "$g" ] && go=$g; }; done
+    if [ -z "$go" ]; then
+        echo "installing golang-go for the timer (scripts/bench/cni-exec.go)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null
+        go=$(command -v go)
+    fi
+    GO111MODULE=off "$go" build -o "$work/cni-exec" "$root/scripts/bench/cni-exec.go"
+fi
 cat > "$work/call.sh" <<'INNER'
 #!/usr/bin/env bash
-# call.sh impl cmd cid pod -> elapsed microseconds
-impl=$1 cmd=$2 cid=$3 pod=$4 work=$WORK
-if [ "$impl" = ours ]; then dir=$work/ours; else dir=/usr/lib/cni; fi
-netns=/run/netns/$pod
-[ -n "$pod" ] || netns=
-t0=$EPOCHREALTIME
-CNI_COMMAND=$cmd CNI_CONTAINERID=$cid CNI_NETNS=$netns CNI_IFNAME=eth0 CNI_PATH=$dir \
-    "$dir/bridge" < "$work/$impl.json" > "$work/out" 2>&1 || { echo "FAIL $impl $cmd: $(cat "$work/out")" >&2; exit 1; }
-t1=$EPOCHREALTIME
-echo $(( (${t1/./} - ${t0/./}) ))
+# call.sh PLAN: run the plan's calls, each timed around a bash child (LABEL MICROSECONDS).
+while read -r label plugin conf cmd cid netns ifname path; do
+    [ "$netns" = - ] && netns=
+    t0=$EPOCHREALTIME
+    CNI_COMMAND=$cmd CNI_CONTAINERID=$cid CNI_NETNS=$netns CNI_IFNAME=$ifname CNI_PATH=$path \
+        "$plugin" < "$conf" > "$WORK/out" 2>&1 || { echo "FAIL $label $cmd: $(cat "$WORK/out")" >&2; exit 1; }
+    t1=$EPOCHREALTIME
+    echo "$label $(( ${t1/./} - ${t0/./} ))"
+done < "$1"
 INNER
 chmod +x "$work/call.sh"
 export WORK="$work"
 innode() { ip netns exec "$node" "$@"; }
 
+# plan_line LABEL IMPL CMD CID POD -> one line of a plan
+plan_line() {
+    local dir=$work/ours
+    [ "$2" = ref ] && dir=$ref_dir
+    echo "$1 $dir/bridge $work/$2.json $3 $4 /run/netns/$5 eth0 $dir"
+}
+run_plan() { # plan file -> results on stdout
+    if [ "$harness" = go ]; then innode "$work/cni-exec" "$1"; else innode "$work/call.sh" "$1"; fi
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print int((a[NR/2]+a[NR/2+1])/2)}'; }
 
 bench() { # label
-    local label=$1 i
+    local label=$1 i impl pod
     mapfile -t bp < <(newpods $((runs * 2)))
     pods+=("${bp[@]}")
-    : > "$work/ours.add"; : > "$work/ours.del"; : > "$work/ref.add"; : > "$work/ref.del"
-    # Interleave: ours, reference, ours, ... (each ADD then its DEL).
+    # Interleaved: ours, reference, ours, ... (each ADD then its DEL).
     for ((i = 0; i < runs; i++)); do
         for impl in ours ref; do
-            local pod=${bp[$((i * 2))]}
+            pod=${bp[$((i * 2))]}
             [ "$impl" = ref ] && pod=${bp[$((i * 2 + 1))]}
-            innode "$work/call.sh" "$impl" ADD "b$i" "$pod" >> "$work/$impl.add"
-            innode "$work/call.sh" "$impl" DEL "b$i" "$pod" >> "$work/$impl.del"
+            plan_line "$impl.add" "$impl" ADD "b$i" "$pod"
+            plan_line "$impl.del" "$impl" DEL "b$i" "$pod"
         done
-    done
+    done > "$work/plan"
+    run_plan "$work/plan" > "$work/times"
     local oa od ra rd
-    oa=$(median < "$work/ours.add"); od=$(median < "$work/ours.del")
-    ra=$(median < "$work/ref.add"); rd=$(median < "$work/ref.del")
+    oa=$(awk '$1 == "ours.add" { print $2 }' "$work/times" | median)
+    od=$(awk '$1 == "ours.del" { print $2 }' "$work/times" | median)
+    ra=$(awk '$1 == "ref.add" { print $2 }' "$work/times" | median)
+    rd=$(awk '$1 == "ref.del" { print $2 }' "$work/times" | median)
     awk -v l="$label" -v oa="$oa" -v ra="$ra" -v od="$od" -v rd="$rd" 'BEGIN {
         printf "%-22s ADD ours %6.2f ms  ref %6.2f ms  ratio %.3f | DEL ours %6.2f ms  ref %6.2f ms  ratio %.3f\n",
             l, oa / 1000, ra / 1000, oa / ra, od / 1000, rd / 1000, od / rd }'
 }
 
-echo "nestbox-cni vs reference (bridge + host-local), $runs interleaved runs each, ipMasq=$masq"
+echo "nestbox-cni vs reference (bridge + host-local), $runs interleaved runs each, ipMasq=$masq, timer: $harness"
+echo "ours: $ours_bin"
 # Warm-up (creates both bridges).
 mapfile -t wp < <(newpods 2); pods+=("${wp[@]}")
-for impl in ours ref; do
-    p=${wp[0]}; [ "$impl" = ref ] && p=${wp[1]}
-    innode "$work/call.sh" "$impl" ADD warm "$p" > /dev/null
-    innode "$work/call.sh" "$impl" DEL warm "$p" > /dev/null
-done
+{
+    plan_line warm ours ADD warm "${wp[0]}"; plan_line warm ours DEL warm "${wp[0]}"
+    plan_line warm ref ADD warm "${wp[1]}"; plan_line warm ref DEL warm "${wp[1]}"
+} > "$work/plan"
+run_plan "$work/plan" > /dev/null
 bench "1 pod"
 
 echo "loading $preload pods per implementation..."
 mapfile -t lp < <(newpods $((preload * 2))); pods+=("${lp[@]}")
 for ((i = 0; i < preload; i++)); do
-    innode "$work/call.sh" ours ADD "pre$i" "${lp[$((i * 2))]}" > /dev/null
-    innode "$work/call.sh" ref ADD "pre$i" "${lp[$((i * 2 + 1))]}" > /dev/null
-done
+    plan_line pre ours ADD "pre$i" "${lp[$((i * 2))]}"
+    plan_line pre ref ADD "pre$i" "${lp[$((i * 2 + 1))]}"
+done > "$work/plan"
+run_plan "$work/plan" > /dev/null
+# The new pods' own kernel timers (DAD, router solicitations at 0, 4 and 8 s, MLD
+# reports) run for a few seconds after they come up: let them pass first.
+sleep 10
 bench "$preload pods on bridge"
 
 # Peak RSS of one ADD (KiB), measured inside the node.
