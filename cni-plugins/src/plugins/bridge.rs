@@ -511,9 +511,6 @@ impl Bridge {
         container_sysctls(&ns, &args.ifname, n.enabledad)?;
         cnl.set_arp_notify(cont.index, !n.disable_container_interface)
             .map_err(nl_err("set container interface up"))?;
-        // The node end after the pod's (see Netlink::create_veth).
-        nl.set_up(host.index, true)
-            .map_err(nl_err(format!("failed to set {host_name} up")))?;
 
         if n.macspoofchk {
             undo.spoofchk = true;
@@ -604,15 +601,23 @@ impl Bridge {
             }
         }
 
-        if let Some(p) = undo.masq_pending.take() {
-            p.finish()?;
-        }
         // The node end's name, MAC and MTU are as created; the bridge's MAC may have
-        // followed its ports.
+        // followed its ports (all enslaved by now).
         let br = nl
             .link_by_name(&n.bridge)
             .map_err(nl_err("lookup bridge"))?
             .unwrap_or(br);
+        // The node end up last, after the pod's (see Netlink::create_veth). Carrier
+        // comes on here, and with it the kernel's IPv6 start-up on the pod link (DAD
+        // completion, MLD reports, router solicitations), which a worker runs under the
+        // RTNL lock while the bridge floods the multicast to every port: on a bridge
+        // with hundreds of ports, milliseconds that our own requests no longer queue
+        // behind.
+        nl.set_up(host.index, true)
+            .map_err(nl_err(format!("failed to set {host_name} up")))?;
+        if let Some(p) = undo.masq_pending.take() {
+            p.finish()?;
+        }
         result.interfaces = vec![
             Interface {
                 name: br.name.clone(),
