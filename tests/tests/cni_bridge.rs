@@ -258,3 +258,51 @@ fn hairpin_with_promiscuous_mode_is_invalid_config() {
     );
     assert_eq!(r.err_code(), 7);
 }
+
+/// With a large store host-local runs alongside the link setup (on its own thread); an
+/// ADD whose link setup then fails still leaves no reservation, and a good ADD on that
+/// store gets its address.
+#[test]
+fn a_failed_add_on_a_large_store_releases_its_reservation() {
+    require_cni_tools();
+    let node = NetNs::new("lsn");
+    let pod = NetNs::new("lsp");
+    let data = TempDir::new("cnils");
+    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
+    let exe = pd.path().join("bridge");
+    // 300 reservations of other containers: several directory blocks.
+    let store = data.path().join("ls");
+    std::fs::create_dir_all(&store).expect("store dir");
+    for i in 0..300u32 {
+        let ip = format!("10.74.{}.{}", 1 + i / 200, 1 + i % 200);
+        std::fs::write(store.join(&ip), format!("other{i}\r\neth0")).expect("reservation");
+    }
+    assert!(std::fs::metadata(&store).expect("stat store").len() > 4096);
+    let conf = bridge_conf("1.0.0", "ls", "lsbr0", "10.74.0.0/16", data.path());
+    // The pod already has an eth0: the veth create fails after IPAM has started.
+    pod.exec_ok(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "lspeer",
+    ]);
+    let netns = pod.path().display().to_string();
+    let r = Call::new("ADD", "ls1", &netns, "eth0", pd.path()).run(Some(&node), &exe, &conf);
+    assert!(
+        r.code != 0 && r.stdout.contains("already exists"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(ip_files(data.path(), "ls").len(), 300);
+    assert!(veths(&node).is_empty());
+    pod.exec_ok(&["ip", "link", "del", "eth0"]);
+    let r = Call::new("ADD", "ls1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    let addr = r["ips"][0]["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    assert_eq!(ip_files(data.path(), "ls").len(), 301, "{addr}");
+    Call::new("DEL", "ls1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    assert_eq!(ip_files(data.path(), "ls").len(), 300);
+}

@@ -213,6 +213,8 @@ fn random_veth_name() -> String {
 #[derive(Default)]
 struct Undo {
     host_veth: Option<u32>,
+    /// The IPAM ADD, started at the beginning of the ADD until collected.
+    ipam_add: Option<super::IpamAdd>,
     ipam: bool,
     masq: Option<Backend>,
     /// A masquerade setup still in flight: awaited before any teardown.
@@ -424,6 +426,11 @@ fn refuse_taken_ifname(cnl: &mut Netlink, ifname: &str) -> Result<()> {
 
 impl Bridge {
     fn add_inner(&self, args: &CmdArgs, n: &Conf, undo: &mut Undo) -> Result<CniResult> {
+        // IPAM may run alongside the link setup (see IpamAdd); collected before anything
+        // forks.
+        if !args.conf.ipam.plugin_type.is_empty() {
+            undo.ipam_add = Some(super::IpamAdd::start(args));
+        }
         let mut nl = Netlink::new().map_err(nl_err("netlink"))?;
         let br = ensure_bridge(&mut nl, n)?;
         let ns = NetNs::open(&args.netns).map_err(|e| {
@@ -512,6 +519,16 @@ impl Bridge {
         cnl.set_arp_notify(cont.index, !n.disable_container_interface)
             .map_err(nl_err("set container interface up"))?;
 
+        // The IPAM result, before anything below forks (macspoofchk, masquerade).
+        let ipam_result = match undo.ipam_add.take() {
+            Some(job) => {
+                let r = job.finish()?.unwrap_or_default();
+                undo.ipam = true;
+                Some(r)
+            }
+            None => None,
+        };
+
         if n.macspoofchk {
             undo.spoofchk = true;
             spoof_setup(args, &host_name, &cont.mac)?;
@@ -519,9 +536,7 @@ impl Bridge {
 
         let mut result = CniResult::default();
         let mut vlan_iface: Option<Link> = None;
-        if !args.conf.ipam.plugin_type.is_empty() {
-            let r = super::ipam(args, Command::Add)?.unwrap_or_default();
-            undo.ipam = true;
+        if let Some(r) = ipam_result {
             result.ips = r.ips;
             result.routes = r.routes;
             result.dns = r.dns;
@@ -747,6 +762,13 @@ impl Plugin for Bridge {
         let mut undo = Undo::default();
         let out = self.add_inner(args, &n, &mut undo);
         if out.is_err() {
+            // An IPAM ADD still running when the link setup failed: what it reserved
+            // is released below like any other reservation.
+            if let Some(job) = undo.ipam_add.take() {
+                if job.finish().is_ok() {
+                    undo.ipam = true;
+                }
+            }
             if let Some(p) = undo.masq_pending.take() {
                 let _ = p.finish();
             }
