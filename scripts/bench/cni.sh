@@ -3,10 +3,13 @@
 # (/usr/lib/cni), same config, runs interleaved, medians and ratios (ours/reference),
 # at 1 pod and with 250 pods already on the bridge; plus peak RSS of one ADD.
 # Everything happens inside a node netns created here and removed on exit.
-#   scripts/bench/cni.sh [-n RUNS] [--pods N] [--no-masq] [--shell]
+#   scripts/bench/cni.sh [-n RUNS] [--pods N] [--no-masq] [--shell] [--block N]
+# NESTBOX_CNI_BIN picks our binary; NESTBOX_BENCH_REF_DIR replaces /usr/lib/cni as the
+# other side (for an A/B run of two builds of ours, say).
 set -euo pipefail
 
 runs=30
+block=1
 harness=go
 preload=250
 masq=true
@@ -16,7 +19,8 @@ while [ $# -gt 0 ]; do
         --pods) preload="$2"; shift 2 ;;
         --no-masq) masq=false; shift ;;
         --shell) harness=shell; shift ;;
-        *) echo "usage: $0 [-n RUNS] [--pods N] [--no-masq] [--shell]" >&2; exit 2 ;;
+        --block) block="$2"; shift 2 ;;
+        *) echo "usage: $0 [-n RUNS] [--pods N] [--no-masq] [--shell] [--block N]" >&2; exit 2 ;;
     esac
 done
 
@@ -24,7 +28,7 @@ done
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # Ours: the installed build (static musl, scripts/build-cni.sh) unless NESTBOX_CNI_BIN says.
 ours_bin="${NESTBOX_CNI_BIN:-$(bash "$root/scripts/build-cni.sh" --quiet | tail -1)}"
-ref_dir=/usr/lib/cni
+ref_dir=${NESTBOX_BENCH_REF_DIR:-/usr/lib/cni}
 [ -x "$ours_bin" ] || { echo "cni.sh: $ours_bin not found" >&2; exit 1; }
 [ -x "$ref_dir/bridge" ] || { echo "reference plugins missing in $ref_dir" >&2; exit 1; }
 
@@ -110,13 +114,17 @@ bench() { # label
     local label=$1 i impl pod
     mapfile -t bp < <(newpods $((runs * 2)))
     pods+=("${bp[@]}")
-    # Interleaved: ours, reference, ours, ... (each ADD then its DEL).
-    for ((i = 0; i < runs; i++)); do
+    # Interleaved in blocks of $block: ours x block, reference x block, ours ... (each
+    # ADD then its DEL).
+    local b j
+    for ((b = 0; b < runs; b += block)); do
         for impl in ours ref; do
-            pod=${bp[$((i * 2))]}
-            [ "$impl" = ref ] && pod=${bp[$((i * 2 + 1))]}
-            plan_line "$impl.add" "$impl" ADD "b$i" "$pod"
-            plan_line "$impl.del" "$impl" DEL "b$i" "$pod"
+            for ((j = b; j < b + block && j < runs; j++)); do
+                pod=${bp[$((j * 2))]}
+                [ "$impl" = ref ] && pod=${bp[$((j * 2 + 1))]}
+                plan_line "$impl.add" "$impl" ADD "b$j" "$pod"
+                plan_line "$impl.del" "$impl" DEL "b$j" "$pod"
+            done
         done
     done > "$work/plan"
     run_plan "$work/plan" > "$work/times"
