@@ -269,7 +269,8 @@ fn ensure_vlan_interface(nl: &mut Netlink, br: &Link, n: &Conf) -> Result<Link> 
     Ok(l)
 }
 
-/// DAD off unless `enabledad` (waiting for DAD made ADDs take seconds), arp_notify on.
+/// DAD off unless `enabledad` (waiting for DAD made ADDs take seconds). arp_notify is
+/// set with the link-up request.
 fn container_sysctls(ns: &NetNs, ifname: &str, enabledad: bool) -> Result<()> {
     ns.run(|| {
         let conf = sysctl::IfaceSysctls::new();
@@ -514,7 +515,8 @@ impl Bridge {
             .link_by_name(&args.ifname)
             .map_err(nl_err("lookup"))?
             .ok_or_else(|| Error::internal(format!("failed to lookup {:?}", args.ifname)))?;
-        // Before the link is up: its link-local address must not start DAD either.
+        // Before carrier (the node end comes up last): the link-local address must not
+        // start DAD either.
         container_sysctls(&ns, &args.ifname, n.enabledad)?;
         cnl.set_arp_notify(cont.index, !n.disable_container_interface)
             .map_err(nl_err("set container interface up"))?;
@@ -522,7 +524,7 @@ impl Bridge {
         // The IPAM result, before anything below forks (macspoofchk, masquerade).
         let ipam_result = match undo.ipam_add.take() {
             Some(job) => {
-                let r = job.finish()?.unwrap_or_default();
+                let r = job.finish(args)?.unwrap_or_default();
                 undo.ipam = true;
                 Some(r)
             }
@@ -765,7 +767,7 @@ impl Plugin for Bridge {
             // An IPAM ADD still running when the link setup failed: what it reserved
             // is released below like any other reservation.
             if let Some(job) = undo.ipam_add.take() {
-                if job.finish().is_ok() {
+                if job.finish_started().is_ok() {
                     undo.ipam = true;
                 }
             }

@@ -66,32 +66,32 @@ pub fn ipam(args: &CmdArgs, cmd: Command) -> Result<Option<CniResult>> {
 }
 
 /// An IPAM ADD started early when its work is long enough to be worth overlapping with
-/// the caller's link setup (which spends its time in the kernel): an exec'd delegate
-/// (a whole process), or our host-local over a large store (it reads every reservation
-/// file: about 0.35 ms with 250 pods). Otherwise it runs at [`IpamAdd::finish`], as a
-/// thread costs more (about 80 µs here) than it would save.
+/// the caller's link setup (which spends its time in the kernel): our own host-local
+/// over a large store (it reads every reservation file: about 0.35 ms with 250 pods).
+/// Otherwise it runs at [`IpamAdd::finish`], where the reference calls IPAM: a thread
+/// costs more than it saves on a small store (about 80 µs here), and an exec'd delegate
+/// may need the pod's interface to exist already (dhcp does).
 ///
 /// The thread never enters a netns, so it stays in the node's netns whatever the
-/// caller's thread enters (setns(CLONE_NEWNET) moves only the calling thread); an
-/// exec'd delegate starts there too. The caller must [`IpamAdd::finish`] before it
-/// forks: a child forked while this thread holds an allocator lock would deadlock.
+/// caller's thread enters (setns(CLONE_NEWNET) moves only the calling thread). The
+/// caller must [`IpamAdd::finish`] before it forks: a child forked while this thread
+/// holds an allocator lock would deadlock.
 pub struct IpamAdd(IpamJob);
 
 enum IpamJob {
     Thread(std::thread::JoinHandle<Result<Option<CniResult>>>),
-    Later(Box<CmdArgs>),
+    Later,
 }
 
 impl IpamAdd {
     pub fn start(args: &CmdArgs) -> IpamAdd {
-        let later = || IpamAdd(IpamJob::Later(Box::new(args.clone())));
         let overlap = match invoke::find_in_path(&args.conf.ipam.plugin_type, &args.path) {
-            Ok(exe) => !is_our_host_local(&exe) || large_store(args),
+            Ok(exe) => is_our_host_local(&exe) && large_store(args),
             // Reported by the ADD itself, in order.
             Err(_) => false,
         };
         if !overlap {
-            return later();
+            return IpamAdd(IpamJob::Later);
         }
         let a = args.clone();
         match std::thread::Builder::new()
@@ -100,19 +100,31 @@ impl IpamAdd {
             .spawn(move || ipam(&a, Command::Add))
         {
             Ok(h) => IpamAdd(IpamJob::Thread(h)),
-            Err(_) => later(),
+            Err(_) => IpamAdd(IpamJob::Later),
         }
     }
 
-    /// The delegate's ADD result.
-    pub fn finish(self) -> Result<Option<CniResult>> {
+    /// The delegate's ADD result (`args`: the ones it was started with).
+    pub fn finish(self, args: &CmdArgs) -> Result<Option<CniResult>> {
         match self.0 {
-            IpamJob::Thread(h) => h
-                .join()
-                .unwrap_or_else(|_| Err(crate::cni::Error::internal("IPAM ADD panicked"))),
-            IpamJob::Later(a) => ipam(&a, Command::Add),
+            IpamJob::Thread(h) => joined(h),
+            IpamJob::Later => ipam(args, Command::Add),
         }
     }
+
+    /// After a failed link setup: the result of an ADD already running, `Err` when none
+    /// was (nothing was reserved then).
+    pub fn finish_started(self) -> Result<Option<CniResult>> {
+        match self.0 {
+            IpamJob::Thread(h) => joined(h),
+            IpamJob::Later => Err(crate::cni::Error::internal("IPAM ADD not started")),
+        }
+    }
+}
+
+fn joined(h: std::thread::JoinHandle<Result<Option<CniResult>>>) -> Result<Option<CniResult>> {
+    h.join()
+        .unwrap_or_else(|_| Err(crate::cni::Error::internal("IPAM ADD panicked")))
 }
 
 /// Whether host-local's directory for this network holds more than one 4 KiB block of
