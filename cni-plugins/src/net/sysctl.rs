@@ -72,7 +72,9 @@ impl IfaceSysctls {
                 // SAFETY: fd is a fresh descriptor nothing else owns.
                 unsafe { File::from_raw_fd(fd) }
             }
-            None => File::options().write(true).open(format!("/proc/{rel}"))?,
+            None => File::options()
+                .write(true)
+                .open(iface_path(family, ifname, name))?,
         };
         f.write_all(value.as_bytes())
     }

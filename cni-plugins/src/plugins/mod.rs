@@ -7,7 +7,7 @@ pub mod host_local;
 pub mod loopback;
 pub mod overlay;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::cni::skel::{CmdArgs, Command, Plugin};
 use crate::cni::{invoke, CniResult, Result};
@@ -40,29 +40,51 @@ fn is_our_host_local(exe: &Path) -> bool {
     }
 }
 
+/// Where `ipam.type` resolves: this very binary's host-local (run in-process) or a
+/// plugin to exec.
+enum Delegate {
+    InProcess,
+    Exec(PathBuf),
+}
+
+fn resolve(args: &CmdArgs) -> Result<Delegate> {
+    let exe = invoke::find_in_path(&args.conf.ipam.plugin_type, &args.path)?;
+    Ok(if is_our_host_local(&exe) {
+        Delegate::InProcess
+    } else {
+        Delegate::Exec(exe)
+    })
+}
+
 /// Run the IPAM delegate named by `ipam.type` for `cmd`; ADD returns its result.
 pub fn ipam(args: &CmdArgs, cmd: Command) -> Result<Option<CniResult>> {
-    let exe = invoke::find_in_path(&args.conf.ipam.plugin_type, &args.path)?;
-    if is_our_host_local(&exe) {
-        let hl = host_local::HostLocal;
-        return match cmd {
-            Command::Add => hl.add(args).map(Some),
-            Command::Del => hl.del(args).map(|_| None),
-            Command::Check => hl.check(args).map(|_| None),
-            Command::Status => hl.status(args).map(|_| None),
-            Command::Gc => hl.gc(args).map(|_| None),
-            Command::Version => Ok(None),
-        };
-    }
+    run_ipam(&resolve(args)?, args, cmd)
+}
+
+fn run_ipam(d: &Delegate, args: &CmdArgs, cmd: Command) -> Result<Option<CniResult>> {
+    let exe = match d {
+        Delegate::InProcess => {
+            let hl = host_local::HostLocal;
+            return match cmd {
+                Command::Add => hl.add(args).map(Some),
+                Command::Del => hl.del(args).map(|_| None),
+                Command::Check => hl.check(args).map(|_| None),
+                Command::Status => hl.status(args).map(|_| None),
+                Command::Gc => hl.gc(args).map(|_| None),
+                Command::Version => Ok(None),
+            };
+        }
+        Delegate::Exec(exe) => exe,
+    };
     let verb = match cmd {
-        Command::Add => return invoke::exec_add(&exe, &args.stdin).map(Some),
+        Command::Add => return invoke::exec_add(exe, &args.stdin).map(Some),
         Command::Del => "DEL",
         Command::Check => "CHECK",
         Command::Status => "STATUS",
         Command::Gc => "GC",
         Command::Version => "VERSION",
     };
-    invoke::exec(&exe, verb, &args.stdin, &[]).map(|_| None)
+    invoke::exec(exe, verb, &args.stdin, &[]).map(|_| None)
 }
 
 /// An IPAM ADD started early when its work is long enough to be worth overlapping with
@@ -80,27 +102,25 @@ pub struct IpamAdd(IpamJob);
 
 enum IpamJob {
     Thread(std::thread::JoinHandle<Result<Option<CniResult>>>),
-    Later,
+    /// Run at finish, with the delegate resolved here (None: resolving failed, and
+    /// finish reports why, in order).
+    Later(Option<Delegate>),
 }
 
 impl IpamAdd {
     pub fn start(args: &CmdArgs) -> IpamAdd {
-        let overlap = match invoke::find_in_path(&args.conf.ipam.plugin_type, &args.path) {
-            Ok(exe) => is_our_host_local(&exe) && large_store(args),
-            // Reported by the ADD itself, in order.
-            Err(_) => false,
-        };
-        if !overlap {
-            return IpamAdd(IpamJob::Later);
+        let d = resolve(args).ok();
+        if !(matches!(d, Some(Delegate::InProcess)) && large_store(args)) {
+            return IpamAdd(IpamJob::Later(d));
         }
         let a = args.clone();
         match std::thread::Builder::new()
             .name("ipam".into())
             .stack_size(256 << 10)
-            .spawn(move || ipam(&a, Command::Add))
+            .spawn(move || run_ipam(&Delegate::InProcess, &a, Command::Add))
         {
             Ok(h) => IpamAdd(IpamJob::Thread(h)),
-            Err(_) => IpamAdd(IpamJob::Later),
+            Err(_) => IpamAdd(IpamJob::Later(d)),
         }
     }
 
@@ -108,7 +128,8 @@ impl IpamAdd {
     pub fn finish(self, args: &CmdArgs) -> Result<Option<CniResult>> {
         match self.0 {
             IpamJob::Thread(h) => joined(h),
-            IpamJob::Later => ipam(args, Command::Add),
+            IpamJob::Later(Some(d)) => run_ipam(&d, args, Command::Add),
+            IpamJob::Later(None) => ipam(args, Command::Add),
         }
     }
 
@@ -117,7 +138,7 @@ impl IpamAdd {
     pub fn finish_started(self) -> Result<Option<CniResult>> {
         match self.0 {
             IpamJob::Thread(h) => joined(h),
-            IpamJob::Later => Err(crate::cni::Error::internal("IPAM ADD not started")),
+            IpamJob::Later(_) => Err(crate::cni::Error::internal("IPAM ADD not started")),
         }
     }
 }
