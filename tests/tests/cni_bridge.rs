@@ -92,7 +92,7 @@ fn dual_stack_pod_gets_requested_ip_mac_and_mtu() {
     Call::new("DEL", "ds1", &netns, "eth0", pd.path())
         .run(Some(&node), &exe, &conf)
         .ok();
-    assert!(ip_files(data.path(), "ds").is_empty());
+    assert!(store_files(data.path(), "ds").is_empty());
 }
 
 /// A node with an "outside" peer on 192.0.2.0/24 that has no route back to the pods:
@@ -164,7 +164,7 @@ fn a_foreign_gateway_address_on_the_bridge_is_refused_unless_forced() {
     );
     // The failed ADD undid everything: no veth, no reservation, no rule, no pod link.
     assert!(veths(&node).is_empty());
-    assert!(ip_files(data.path(), "gw").is_empty());
+    assert!(store_files(data.path(), "gw").is_empty());
     assert_eq!(masq_rules(&node), 0);
     assert!(!pod.exec_ok(&["ip", "-o", "link"]).contains("eth0"));
     let addrs = node.exec_ok(&["ip", "-4", "addr", "show", "gwbr0"]);
@@ -222,7 +222,7 @@ fn a_v6_gateway_under_another_prefix_is_refused_unless_forced() {
         r.stdout
     );
     assert!(veths(&node).is_empty());
-    assert!(ip_files(data.path(), "g6").is_empty());
+    assert!(store_files(data.path(), "g6").is_empty());
     conf["forceAddress"] = json!(true);
     Call::new("ADD", "g61", &netns, "eth0", pd.path())
         .run(Some(&node), &exe, &conf)

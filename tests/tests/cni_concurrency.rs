@@ -167,6 +167,6 @@ fn three_hundred_concurrent_adds_get_distinct_ips_and_dels_leave_nothing() {
         d.ok();
     }
     assert!(veths(&node).is_empty(), "veths left: {:?}", veths(&node));
-    assert!(ip_files(data.path(), "conc").is_empty(), "IP files left");
+    assert!(store_files(data.path(), "conc").is_empty(), "IP files left");
     assert_eq!(masq_rules(&node), 0, "masquerade rules left");
 }

@@ -59,7 +59,7 @@ fn lifecycle(imp: Impl, version: &str) -> Run {
         .ok();
     let held = ip_files(data.path(), "conf");
     let freed =
-        del("ctr2", "").code == 0 && ip_files(data.path(), "conf").is_empty() && held.len() == 1;
+        del("ctr2", "").code == 0 && store_files(data.path(), "conf").is_empty() && held.len() == 1;
     // Leave no veth behind for the node's drop.
     del("ctr2", &netns2);
     Run {

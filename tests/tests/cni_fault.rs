@@ -58,9 +58,9 @@ fn del_after_a_killed_add_always_restores_a_clean_state() {
             veths(&node)
         );
         assert!(
-            ip_files(data.path(), "fault").is_empty(),
+            store_files(data.path(), "fault").is_empty(),
             "run {run} ({delay:?}): reservation left: {:?}",
-            ip_files(data.path(), "fault")
+            store_files(data.path(), "fault")
         );
         assert_eq!(
             masq_rules(&node),

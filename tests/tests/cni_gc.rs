@@ -66,7 +66,7 @@ fn gc_releases_exactly_the_attachments_not_listed() {
     Call::new("GC", "", "", "", pd.path())
         .run(Some(&node), &exe, &gc)
         .ok();
-    assert!(ip_files(data.path(), "gcnet").is_empty());
+    assert!(store_files(data.path(), "gcnet").is_empty());
     assert_eq!(masq_rules(&node), 0);
     for (i, pod) in pods.iter().enumerate() {
         Call::new(

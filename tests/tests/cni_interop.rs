@@ -53,7 +53,7 @@ fn host_local_allocations_are_released_by_the_other_implementation() {
         vec!["10.44.0.4".to_string()]
     );
     call(&refd, "DEL", "by-ours-2").ok();
-    assert!(ip_files(data.path(), "shared").is_empty());
+    assert!(store_files(data.path(), "shared").is_empty());
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn each_bridge_works_with_the_other_host_local() {
             .run(Some(&node), &exe, &conf)
             .ok();
         assert!(
-            ip_files(data.path(), "mixed").is_empty(),
+            store_files(data.path(), "mixed").is_empty(),
             "{bridge:?}+{ipam:?}: IP left"
         );
         assert!(veths(&node).is_empty(), "{bridge:?}+{ipam:?}: veth left");

@@ -159,7 +159,7 @@ fn podman_publishes_a_port_through_our_bridge_and_the_reference_portmap() {
         "veth left after podman rm"
     );
     assert!(
-        ip_files(&work.path().join("data"), "nbnet").is_empty(),
+        store_files(&work.path().join("data"), "nbnet").is_empty(),
         "IP left after podman rm"
     );
     assert_eq!(masq_rules(&node), 0, "masquerade rule left after podman rm");

@@ -4,7 +4,18 @@
 //! operation. A reservation appears atomically (written to a temp file, then
 //! `link(2)`ed into place with EEXIST as "taken"), so a plugin killed mid-write never
 //! leaves an empty, unreleasable file.
+//!
+//! The owner index: the temp file is then renamed to `.owner-<key>-<ip>` (key: a hash of
+//! the container id and ifname), a second hard link to the same inode. Looking up a
+//! container's reservations then needs only the directory listing: a file that shares
+//! its inode with another owner's link cannot be this container's and is not read.
+//! Files without a link (written by the reference plugin or by an older nestbox) are read
+//! as before. The link holds the same bytes as the reservation, so the reference, which
+//! releases every file whose content names the container, removes both; a link whose
+//! reservation went some other way no longer shares an inode with it, is ignored, and
+//! goes at the next release or GC.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -23,6 +34,8 @@ use crate::cni::{Code, Error, Result};
 const LINE_BREAK: &str = "\r\n";
 const LAST_RESERVED: &str = "last_reserved_ip.";
 const TMP: &str = ".tmp-reserve";
+/// Prefix of the owner index links (see the module doc).
+const OWNER: &str = ".owner-";
 
 /// A locked store: the flock is held until drop.
 pub struct Store {
@@ -38,6 +51,31 @@ pub struct Entry {
     pub container_id: String,
     /// Empty for files written by old versions (id only).
     pub ifname: String,
+    /// Its owner index link, when it has one.
+    pub link: Option<PathBuf>,
+}
+
+/// What a scan of the network dir found: the selected reservations, and owner links
+/// whose reservation is gone.
+struct Scan {
+    entries: Vec<Entry>,
+    stale: Vec<PathBuf>,
+}
+
+/// The owner key of (id, ifname): 64-bit FNV-1a of the reservation's content, in hex.
+/// A collision only costs a read: ownership is always confirmed from the content.
+fn owner_key(id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id
+        .trim()
+        .bytes()
+        .chain(LINE_BREAK.bytes())
+        .chain(ifname.trim().bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 fn is_meta(name: &str) -> bool {
@@ -89,9 +127,15 @@ impl Store {
                 return Err(Error::io(format!("failed to reserve {ip}"), e));
             }
         };
-        let _ = fs::remove_file(&tmp);
         if taken {
+            let _ = fs::remove_file(&tmp);
             return Ok(false);
+        }
+        // The temp file stays as the owner link; without it the reservation is only
+        // slower to find.
+        let link = format!("{OWNER}{}-{ip}", owner_key(id, ifname));
+        if fs::rename(&tmp, self.dir.join(link)).is_err() {
+            let _ = fs::remove_file(&tmp);
         }
         write_in_place(
             &self.dir.join(format!("{LAST_RESERVED}{set}")),
@@ -111,16 +155,17 @@ impl Store {
 
     /// Every reservation (and stale temp file) in the network dir.
     pub fn entries(&self) -> Result<Vec<Entry>> {
-        self.scan(|_| true)
+        Ok(self.scan(None)?.entries)
     }
 
-    /// The reservations whose container id passes `want`. Every file is read (a node
-    /// with many pods reads them all on every ADD and DEL, as the reference does), but
-    /// only the wanted ones become [`Entry`]s: the directory is listed with one
-    /// getdents64 per 32 KiB, each file opened relative to it and read once into a stack
-    /// buffer (O_NOATIME: no inode update for the first read of a new reservation), and
-    /// the rest allocates nothing.
-    fn scan(&self, mut want: impl FnMut(&str) -> bool) -> Result<Vec<Entry>> {
+    /// The reservations of (id, ifname) (`Some`), or all of them. With an owner, a file
+    /// whose inode carries another owner's link is skipped unread; every other file is
+    /// read (a node with many pods written by the reference reads them all on every ADD
+    /// and DEL, as the reference does). The directory is listed with one getdents64 per
+    /// 32 KiB, each file opened relative to it and read once into a stack buffer
+    /// (O_NOATIME: no inode update for the first read of a new reservation), and files
+    /// that do not match allocate nothing.
+    fn scan(&self, owner: Option<(&str, &str)>) -> Result<Scan> {
         let dir = match nix::fcntl::open(
             &self.dir,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -128,118 +173,183 @@ impl Store {
         ) {
             // SAFETY: `open` just returned this fd and nothing else owns it.
             Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-            Err(Errno::ENOENT) => return Ok(Vec::new()),
+            Err(Errno::ENOENT) => {
+                return Ok(Scan {
+                    entries: Vec::new(),
+                    stale: Vec::new(),
+                })
+            }
             Err(e) => return Err(Error::io("failed to read IPAM store", io::Error::from(e))),
         };
         let dfd = dir.as_raw_fd();
-        let mut out = Vec::new();
-        let mut listing = vec![0u8; 32 << 10];
+        let listing = list(dfd).map_err(|e| Error::io("failed to read IPAM store", e))?;
+        let key = owner.map(|(id, ifname)| owner_key(id, ifname));
+
+        // Owner links by inode: (link name, whether it is the wanted owner's).
+        let mut links: HashMap<u64, (&CStr, bool)> = HashMap::new();
+        for (ino, raw, d_type) in Dirents(&listing) {
+            let Some(rest) = raw.to_bytes().strip_prefix(OWNER.as_bytes()) else {
+                continue;
+            };
+            if !is_file(dfd, raw, d_type) {
+                continue;
+            }
+            let ours = key.as_ref().is_some_and(|k| {
+                rest.strip_prefix(k.as_bytes())
+                    .is_some_and(|r| r.first() == Some(&b'-'))
+            });
+            links.insert(ino, (raw, ours));
+        }
+
+        let mut entries = Vec::new();
+        let mut linked = HashSet::new();
         let mut data = Vec::new();
         let mut noatime = true;
-        loop {
-            // SAFETY: getdents64(2) into a buffer we own, with its true length.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_getdents64,
-                    dfd,
-                    listing.as_mut_ptr(),
-                    listing.len(),
-                )
+        for (ino, raw, d_type) in Dirents(&listing) {
+            let bytes = raw.to_bytes();
+            if bytes == b"." || bytes == b".." || bytes.starts_with(OWNER.as_bytes()) {
+                continue;
+            }
+            let Ok(name) = std::str::from_utf8(bytes) else {
+                continue;
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::io("failed to read IPAM store", e));
+            if is_meta(name) || !is_file(dfd, raw, d_type) {
+                continue;
             }
-            if n == 0 {
-                break;
+            let link = links.get(&ino);
+            if link.is_some() {
+                linked.insert(ino);
             }
-            for (raw, d_type) in Dirents(&listing[..n as usize]) {
-                let bytes = raw.to_bytes();
-                if bytes == b"." || bytes == b".." {
-                    continue;
-                }
-                let Ok(name) = std::str::from_utf8(bytes) else {
-                    continue;
-                };
-                if is_meta(name) || !is_file(dfd, raw, d_type) {
-                    continue;
-                }
-                if read_at(dfd, raw, &mut noatime, &mut data).is_err() {
-                    continue;
-                }
-                let Ok(text) = std::str::from_utf8(&data) else {
-                    continue;
-                };
-                let text = text.trim();
-                let (id, ifname) = match text.split_once(LINE_BREAK) {
-                    Some((id, ifname)) => (id.trim(), ifname.trim()),
-                    None => (text, ""),
-                };
-                if !want(id) {
-                    continue;
-                }
-                out.push(Entry {
-                    ip: name.parse().ok(),
-                    path: self.dir.join(OsStr::from_bytes(bytes)),
-                    container_id: id.to_string(),
-                    ifname: ifname.to_string(),
-                });
+            if matches!(link, Some((_, false))) && key.is_some() {
+                continue;
             }
+            if read_at(dfd, raw, &mut noatime, &mut data).is_err() {
+                continue;
+            }
+            let Ok(text) = std::str::from_utf8(&data) else {
+                continue;
+            };
+            let text = text.trim();
+            let (id, ifname) = match text.split_once(LINE_BREAK) {
+                Some((id, ifname)) => (id.trim(), ifname.trim()),
+                None => (text, ""),
+            };
+            if owner.is_some_and(|(want, _)| want != id) {
+                continue;
+            }
+            entries.push(Entry {
+                ip: name.parse().ok(),
+                path: self.dir.join(OsStr::from_bytes(bytes)),
+                container_id: id.to_string(),
+                ifname: ifname.to_string(),
+                link: link.map(|(l, _)| self.dir.join(OsStr::from_bytes(l.to_bytes()))),
+            });
         }
-        Ok(out)
+        let stale = links
+            .iter()
+            .filter(|(ino, _)| !linked.contains(*ino))
+            .map(|(_, (l, _))| self.dir.join(OsStr::from_bytes(l.to_bytes())))
+            .collect();
+        Ok(Scan { entries, stale })
     }
 
     /// The reservations of (id, ifname); old id-only files match when no new-style one does.
     pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<Entry>> {
-        let all = self.scan(|i| i == id)?;
-        let exact: Vec<Entry> = all
+        Ok(self.find_scan(id, ifname)?.entries)
+    }
+
+    fn find_scan(&self, id: &str, ifname: &str) -> Result<Scan> {
+        let Scan { entries, stale } = self.scan(Some((id, ifname)))?;
+        let exact: Vec<Entry> = entries
             .iter()
             .filter(|e| e.container_id == id && e.ifname == ifname)
             .cloned()
             .collect();
-        if !exact.is_empty() {
-            return Ok(exact);
+        let entries = if exact.is_empty() {
+            entries
+                .into_iter()
+                .filter(|e| e.container_id == id && e.ifname.is_empty())
+                .collect()
+        } else {
+            exact
+        };
+        Ok(Scan { entries, stale })
+    }
+
+    /// Remove a reservation and its owner link.
+    pub fn remove(&self, e: &Entry) -> Result<()> {
+        remove(&e.path)?;
+        if let Some(l) = &e.link {
+            remove(l)?;
         }
-        Ok(all
-            .into_iter()
-            .filter(|e| e.container_id == id && e.ifname.is_empty())
-            .collect())
+        Ok(())
     }
 
     /// Release everything held by (id, ifname); idempotent.
     pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let scan = self.find_scan(id, ifname)?;
         let mut freed = Vec::new();
-        for e in self.find(id, ifname)? {
-            remove(&e.path)?;
+        for e in &scan.entries {
+            self.remove(e)?;
             freed.extend(e.ip);
+        }
+        for l in &scan.stale {
+            let _ = remove(l);
         }
         Ok(freed)
     }
 
     /// Release every reservation not held by one of `valid` (id, ifname).
     pub fn gc(&self, valid: &[(String, String)]) -> Result<Vec<IpAddr>> {
+        let scan = self.scan(None)?;
         let mut freed = Vec::new();
-        for e in self.entries()? {
+        for e in scan.entries {
             let keep = valid.iter().any(|(id, ifname)| {
                 *id == e.container_id && (e.ifname.is_empty() || *ifname == e.ifname)
             });
             if !keep {
-                remove(&e.path)?;
+                self.remove(&e)?;
                 freed.extend(e.ip);
             }
+        }
+        for l in &scan.stale {
+            remove(l)?;
         }
         Ok(freed)
     }
 }
 
-/// The (name, d_type) records of a getdents64 buffer.
+/// The whole listing of the directory `dfd`: getdents64 records, 32 KiB per call.
+fn list(dfd: RawFd) -> io::Result<Vec<u8>> {
+    const CHUNK: usize = 32 << 10;
+    let mut out: Vec<u8> = Vec::with_capacity(CHUNK);
+    loop {
+        out.reserve(CHUNK);
+        let spare = out.spare_capacity_mut();
+        // SAFETY: getdents64(2) writes at most `spare.len()` bytes into the vector's
+        // spare capacity, which we own; only the bytes it reports are then exposed.
+        let n =
+            unsafe { libc::syscall(libc::SYS_getdents64, dfd, spare.as_mut_ptr(), spare.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+        unsafe { out.set_len(out.len() + n as usize) };
+    }
+}
+
+/// The (inode, name, d_type) records of a getdents64 listing.
 struct Dirents<'a>(&'a [u8]);
 
 impl<'a> Iterator for Dirents<'a> {
-    type Item = (&'a CStr, u8);
+    type Item = (u64, &'a CStr, u8);
 
     fn next(&mut self) -> Option<Self::Item> {
         // struct linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, name.
@@ -254,7 +364,8 @@ impl<'a> Iterator for Dirents<'a> {
         }
         self.0 = &b[reclen..];
         let name = CStr::from_bytes_until_nul(&b[NAME..reclen]).ok()?;
-        Some((name, b[18]))
+        let ino = u64::from_ne_bytes(b[..8].try_into().ok()?);
+        Some((ino, name, b[18]))
     }
 }
 
@@ -417,6 +528,85 @@ mod tests {
             (e[1].container_id.as_str(), e[1].ifname.as_str()),
             ("old", "")
         );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "lock" && !n.starts_with(LAST_RESERVED))
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn a_reservation_gets_an_owner_link_to_the_same_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tmpdir("link");
+        let s = Store::open(&d).unwrap();
+        let ip: IpAddr = "10.0.1.2".parse().unwrap();
+        assert!(s.reserve("c1", "eth0", ip, 0).unwrap());
+        let link = format!("{OWNER}{}-10.0.1.2", owner_key("c1", "eth0"));
+        assert_eq!(names(&d), vec![link.clone(), "10.0.1.2".to_string()]);
+        let (a, b) = (
+            fs::metadata(d.join("10.0.1.2")).unwrap(),
+            fs::metadata(d.join(&link)).unwrap(),
+        );
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+        // Listed once, with its link; released with it.
+        let e = s.entries().unwrap();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].link, Some(d.join(&link)));
+        assert_eq!(s.find("c1", "eth0").unwrap().len(), 1);
+        assert!(s.find("c1", "eth1").unwrap().is_empty());
+        assert_eq!(s.release("c1", "eth0").unwrap(), vec![ip]);
+        assert!(names(&d).is_empty(), "{:?}", names(&d));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn find_skips_files_linked_to_another_owner_and_reads_unlinked_ones() {
+        let d = tmpdir("skip");
+        let s = Store::open(&d).unwrap();
+        assert!(s
+            .reserve("other", "eth0", "10.0.2.2".parse().unwrap(), 0)
+            .unwrap());
+        // Rewritten behind the store's back: a lookup that read it would now match "c1".
+        // Linked to "other", it is not read.
+        fs::write(d.join("10.0.2.2"), "c1\r\neth0").unwrap();
+        assert!(s.find("c1", "eth0").unwrap().is_empty());
+        // A reservation the reference wrote (no link) is read.
+        fs::write(d.join("10.0.2.3"), "c1\r\neth0").unwrap();
+        let f = s.find("c1", "eth0").unwrap();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].ip, Some("10.0.2.3".parse().unwrap()));
+        assert_eq!(f[0].link, None);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_link_left_behind_is_ignored_then_removed() {
+        let d = tmpdir("stale");
+        let s = Store::open(&d).unwrap();
+        let ip: IpAddr = "10.0.3.2".parse().unwrap();
+        assert!(s.reserve("c1", "eth0", ip, 0).unwrap());
+        // Released by name only (as a tool that knows only the reference layout might),
+        // then the address is taken by someone else (reference-style, no link).
+        fs::remove_file(d.join("10.0.3.2")).unwrap();
+        fs::write(d.join("10.0.3.2"), "c2\r\neth0").unwrap();
+        assert!(s.find("c1", "eth0").unwrap().is_empty());
+        assert_eq!(s.find("c2", "eth0").unwrap().len(), 1);
+        // The next release (of anyone) drops the dangling link.
+        assert!(s.release("c9", "eth0").unwrap().is_empty());
+        assert_eq!(names(&d), vec!["10.0.3.2".to_string()]);
+        // And GC removes a reservation together with its link.
+        assert!(s
+            .reserve("c3", "eth0", "10.0.3.3".parse().unwrap(), 0)
+            .unwrap());
+        assert_eq!(s.gc(&[("c2".into(), "eth0".into())]).unwrap().len(), 1);
+        assert_eq!(names(&d), vec!["10.0.3.2".to_string()]);
         let _ = fs::remove_dir_all(&d);
     }
 }

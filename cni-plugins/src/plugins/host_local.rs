@@ -21,7 +21,7 @@ impl Plugin for HostLocal {
             // Undo only what this ADD reserved.
             for e in store.find(&args.container_id, &args.ifname)? {
                 if !before.contains(&e.ip) {
-                    let _ = std::fs::remove_file(&e.path);
+                    let _ = store.remove(&e);
                 }
             }
         }

@@ -282,7 +282,19 @@ pub fn normalize(v: &Value) -> Value {
 }
 
 /// IP reservation files (not lock / last_reserved_ip.*) under `<data>/<net>`.
+/// The addresses host-local holds for network `net` under `data` (its files named by an
+/// address), sorted.
 pub fn ip_files(data: &Path, net: &str) -> Vec<String> {
+    store_files(data, net)
+        .into_iter()
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect()
+}
+
+/// Everything in network `net`'s host-local store but its lock and round-robin cursors:
+/// reservations, and the owner links nestbox adds beside them. Empty once every
+/// attachment is gone.
+pub fn store_files(data: &Path, net: &str) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(data.join(net))
         .map(|rd| {
             rd.flatten()
