@@ -15,9 +15,9 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecBridge, AfSpecInet, AfSpecUnspec, BridgeVlanInfo, BridgeVlanInfoFlags, InetDevConf,
-    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
-    InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    AfSpecBridge, AfSpecInet, AfSpecInet6, AfSpecUnspec, BridgeVlanInfo, BridgeVlanInfoFlags,
+    In6AddrGenMode, InetDevConf, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -595,6 +595,18 @@ impl Netlink {
                 .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
                     AfSpecInet::DevConfRequest(conf),
                 ])]));
+        })
+    }
+
+    /// `ip link set <dev> addrgenmode none`: no IPv6 link-local address when the link
+    /// comes up (the kernel makes it then, so this goes before). Refused at creation
+    /// (the link has no IPv6 state yet), hence a request of its own.
+    pub fn set_no_link_local(&mut self, index: u32) -> io::Result<()> {
+        self.set_link(index, |m| {
+            m.attributes
+                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                    vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+                )]));
         })
     }
 

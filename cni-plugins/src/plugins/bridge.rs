@@ -481,6 +481,13 @@ impl Bridge {
                 .ok_or_else(|| Error::internal(format!("failed to lookup {host_name:?}")))?,
         };
         undo.host_veth = Some(host.index);
+        // The node end is a bridge port: frames arriving on it belong to the bridge, so
+        // an IPv6 link-local address of its own is never reachable. Without one, its
+        // coming up adds no route to the node's IPv6 table (where every port's
+        // fe80::/64 shares one node, walked on each insert), starts no DAD or MLD, and
+        // its removal has less to clean. (The reference keeps it.) Best effort: a
+        // kernel without IPv6 refuses the request.
+        let _ = nl.set_no_link_local(host.index);
 
         if n.hairpin || n.port_isolation {
             let mut opts = Vec::new();
