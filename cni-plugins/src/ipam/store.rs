@@ -85,16 +85,25 @@ fn is_meta(name: &str) -> bool {
 impl Store {
     /// Create the network dir if needed and take its lock.
     pub fn open(dir: &Path) -> Result<Store> {
-        fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("failed to create {}", dir.display()), e))?;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(dir.join("lock"))
-            .map_err(|e| Error::io(format!("failed to open lock in {}", dir.display()), e))?;
+        let lock_file = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(dir.join("lock"))
+        };
+        // The directory is made on first use only (the lock's ENOENT says it is missing).
+        let f = match lock_file() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("failed to create {}", dir.display()), e))?;
+                lock_file()
+            }
+            r => r,
+        }
+        .map_err(|e| Error::io(format!("failed to open lock in {}", dir.display()), e))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::io("failed to lock IPAM store", io::Error::from(e)))?;
         // Only a lock holder writes the temp file: one found now is from a killed plugin.
@@ -324,7 +333,11 @@ fn list(dfd: RawFd) -> io::Result<Vec<u8>> {
     const CHUNK: usize = 32 << 10;
     let mut out: Vec<u8> = Vec::with_capacity(CHUNK);
     loop {
-        out.reserve(CHUNK);
+        // A directory of a few hundred entries fits the first chunk: grow only when
+        // less than a page is left.
+        if out.capacity() - out.len() < 4096 {
+            out.reserve(CHUNK);
+        }
         let spare = out.spare_capacity_mut();
         // SAFETY: getdents64(2) writes at most `spare.len()` bytes into the vector's
         // spare capacity, which we own; only the bytes it reports are then exposed.
