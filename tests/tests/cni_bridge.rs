@@ -89,6 +89,16 @@ fn dual_stack_pod_gets_requested_ip_mac_and_mtu() {
             "{l}"
         );
     }
+    // The node end is a bridge port without an IPv6 link-local address of its own; the
+    // pod's end keeps its own (the v6 ping above went through that port).
+    let node6 = node.exec_ok(&["ip", "-6", "addr", "show", "dev", host]);
+    assert!(!node6.contains("inet6"), "{node6}");
+    assert!(node
+        .exec_ok(&["ip", "-d", "link", "show", host])
+        .contains("addrgenmode none"));
+    assert!(pod
+        .exec_ok(&["ip", "-6", "addr", "show", "dev", "eth0", "scope", "link"])
+        .contains("fe80::"));
     Call::new("DEL", "ds1", &netns, "eth0", pd.path())
         .run(Some(&node), &exe, &conf)
         .ok();

@@ -281,7 +281,6 @@ pub fn normalize(v: &Value) -> Value {
     v
 }
 
-/// IP reservation files (not lock / last_reserved_ip.*) under `<data>/<net>`.
 /// The addresses host-local holds for network `net` under `data` (its files named by an
 /// address), sorted.
 pub fn ip_files(data: &Path, net: &str) -> Vec<String> {
