@@ -149,8 +149,8 @@ fn joined(h: std::thread::JoinHandle<Result<Option<CniResult>>>) -> Result<Optio
 }
 
 /// Whether host-local's directory for this network holds more than one 4 KiB block of
-/// entries (a few dozen reservations with their owner links on ext4; a directory's size grows
-/// with its entries on every common filesystem).
+/// entries (a few dozen reservations with their owner links on ext4; a directory's size
+/// grows with its entries on every common filesystem).
 fn large_store(args: &CmdArgs) -> bool {
     let dir = args
         .raw
