@@ -248,7 +248,9 @@ fn decode_config(a: &mut CmdArgs) -> Result<()> {
 
 /// Run one verb of `plugin` with the process environment and stdio; returns the exit code.
 pub fn run(plugin: &dyn Plugin) -> i32 {
-    let mut stdin = Vec::new();
+    // Room for a typical config up front: one read takes it all (an empty Vec reads it
+    // in growing steps from 32 bytes, a system call each).
+    let mut stdin = Vec::with_capacity(16 << 10);
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let (code, out) = run_with(plugin, stdin, &|k| std::env::var(k).ok());
     let mut o = std::io::stdout().lock();
