@@ -103,7 +103,8 @@ impl CmdArgs {
 
     /// Parse the plugin's own config struct out of stdin.
     pub fn plugin_conf<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.raw.clone())
+        // Straight from the parsed tree (`&Value` is a deserializer): no copy of it.
+        T::deserialize(&self.raw)
             .map_err(|e| Error::new(Code::Decode, format!("failed to load netconf: {e}")))
     }
 }
@@ -200,7 +201,7 @@ fn decode_config(a: &mut CmdArgs) -> Result<()> {
             format!("decoding version from network config: {e}"),
         )
     })?;
-    let conf: NetConf = serde_json::from_value(raw.clone())
+    let conf = NetConf::deserialize(&raw)
         .map_err(|e| Error::new(Code::Decode, format!("failed to load netconf: {e}")))?;
     let ver = version::of_config(&conf.cni_version).to_string();
     if !version::is_supported(&ver) {

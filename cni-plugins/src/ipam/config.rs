@@ -171,9 +171,8 @@ impl IpamConfig {
         let ipam_v = args
             .raw
             .get("ipam")
-            .cloned()
             .ok_or_else(|| Error::config("IPAM config missing 'ipam' key"))?;
-        let raw: RawIpam = serde_json::from_value(ipam_v)
+        let raw = RawIpam::deserialize(ipam_v)
             .map_err(|e| Error::new(Code::Decode, format!("failed to load IPAM config: {e}")))?;
         if args.conf.name.is_empty() {
             return Err(Error::config("missing network name"));
