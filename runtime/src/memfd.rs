@@ -30,11 +30,7 @@ pub fn ensure_sealed_exe() -> Result<()> {
     std::io::copy(&mut exe, &mut copy).ctx(|| "copying the binary into the memfd".into())?;
     copy.flush().ctx(|| "memfd flush".into())?;
     drop(copy);
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fcntl F_ADD_SEALS on a memfd we own, integer argument.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(std::io::Error::last_os_error()).ctx(|| "sealing the memfd".into());
-    }
+    seal(fd.as_raw_fd())?;
     let args: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(std::os::unix::ffi::OsStringExt::into_vec(a)))
         .collect::<std::result::Result<_, _>>()
@@ -50,4 +46,37 @@ pub fn ensure_sealed_exe() -> Result<()> {
     env.push(CString::new(format!("{SEALED_ENV}=1")).map_err(|e| Error::Other(e.to_string()))?);
     let err = nix::unistd::fexecve(fd.as_raw_fd(), &args, &env).unwrap_err();
     Err(err).ctx(|| "re-executing from the sealed memfd".into())
+}
+
+/// Seal the copy against writes, shrinking and growing, and then against new seals.
+///
+/// F_SEAL_WRITE waits for every page of the copy to drop its transient references (per-CPU
+/// LRU batches, page scanners) and gives up with EBUSY after about 150 ms: rare, but it
+/// failed a `create` in a CI run (one in 200 cycles). F_SEAL_FUTURE_WRITE (Linux 5.1) refuses
+/// every later write(2) and writable mapping without that wait, which is all the
+/// protection needs: the copy was written through an fd that is closed now and was never
+/// mapped. So it goes first, and F_SEAL_WRITE is added when the kernel grants it.
+fn seal(fd: std::os::fd::RawFd) -> Result<()> {
+    let add = |seals: libc::c_int| {
+        // SAFETY: fcntl F_ADD_SEALS on a memfd the caller owns, integer argument.
+        if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let ctx = || "sealing the memfd".to_string();
+    let base = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    match add(base | libc::F_SEAL_FUTURE_WRITE) {
+        Ok(()) => match add(libc::F_SEAL_WRITE) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            other => other.ctx(ctx)?,
+        },
+        // A kernel without F_SEAL_FUTURE_WRITE: the write seal itself.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            add(base | libc::F_SEAL_WRITE).ctx(ctx)?
+        }
+        Err(e) => return Err(e).ctx(ctx),
+    }
+    add(libc::F_SEAL_SEAL).ctx(ctx)
 }
