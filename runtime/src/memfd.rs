@@ -50,9 +50,9 @@ pub fn ensure_sealed_exe() -> Result<()> {
 
 /// Seal the copy against writes, shrinking and growing, and then against new seals.
 ///
-/// F_SEAL_WRITE waits for every page of the copy to drop its transient references (per-CPU
-/// LRU batches, page scanners) and gives up with EBUSY after about 150 ms: rare, but it
-/// failed a `create` in a CI run (one in 200 cycles). F_SEAL_FUTURE_WRITE (Linux 5.1) refuses
+/// F_SEAL_WRITE waits for every page of the copy to drop any extra reference the kernel
+/// holds on it and gives up with EBUSY when one stays too long: rare, but it failed a
+/// `create` in a CI run (one in 200 cycles). F_SEAL_FUTURE_WRITE (Linux 5.1) refuses
 /// every later write(2) and writable mapping without that wait, which is all the
 /// protection needs: the copy was written through an fd that is closed now and was never
 /// mapped. So it goes first, and F_SEAL_WRITE is added when the kernel grants it.
