@@ -1,6 +1,7 @@
 //! Bridge behaviours beyond the reference comparison: dual-stack, requested IP and MAC,
 //! MTU, hairpin and port isolation, masquerade that really NATs (nftables and iptables
-//! backends), gateway address conflicts, and a failed ADD that undoes everything.
+//! backends), gateway address conflicts, macspoofchk, and a failed ADD that undoes
+//! everything.
 
 mod cni_common;
 
@@ -315,4 +316,53 @@ fn a_failed_add_on_a_large_store_releases_its_reservation() {
         .run(Some(&node), &exe, &conf)
         .ok();
     assert_eq!(ip_files(data.path(), "ls").len(), 300);
+}
+
+/// macspoofchk: the pod's port lets through only frames from the MAC the ADD reported
+/// (nftables, bridge family, as the reference does); DEL takes the rules away.
+#[test]
+fn macspoofchk_drops_frames_from_another_mac() {
+    require_cni_tools();
+    let node = NetNs::new("msn");
+    let pod = NetNs::new("msp");
+    let data = TempDir::new("cnims");
+    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
+    let exe = pd.path().join("bridge");
+    let mut conf = bridge_conf("1.0.0", "ms", "msbr0", "10.76.0.0/24", data.path());
+    conf["ipMasq"] = json!(false);
+    conf["macspoofchk"] = json!(true);
+    let netns = pod.path().display().to_string();
+    let r = Call::new("ADD", "ms1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    let host = r["interfaces"][1]["name"].as_str().expect("host veth");
+    let mac = r["interfaces"][2]["mac"]
+        .as_str()
+        .expect("pod mac")
+        .to_string();
+    let rules = node.exec_ok(&["nft", "list", "table", "bridge", "nat"]);
+    assert!(
+        rules.contains(&format!("iifname \"{host}\" jump cni-br-iface-"))
+            && rules.contains(&format!("ether saddr {mac} return")),
+        "{rules}"
+    );
+    let ping = |pod: &NetNs| {
+        pod.exec(&["ping", "-c1", "-W1", "10.76.0.1"])
+            .status
+            .success()
+    };
+    assert!(ping(&pod), "the pod's own MAC passes");
+    // Another source MAC on the same port: dropped before the bridge sees it (the ARP
+    // request or the echo request, whichever goes first).
+    pod.exec_ok(&["ip", "link", "set", "eth0", "address", "02:00:00:00:76:99"]);
+    pod.exec_ok(&["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(!ping(&pod), "a spoofed MAC got through");
+    pod.exec_ok(&["ip", "link", "set", "eth0", "address", &mac]);
+    assert!(ping(&pod), "the pod's own MAC passes again");
+    Call::new("DEL", "ms1", &netns, "eth0", pd.path())
+        .run(Some(&node), &exe, &conf)
+        .ok();
+    let rules = node.exec_ok(&["nft", "list", "table", "bridge", "nat"]);
+    assert!(!rules.contains("cni-br-iface-"), "{rules}");
+    assert!(store_files(data.path(), "ms").is_empty());
 }
