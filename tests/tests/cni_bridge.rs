@@ -319,33 +319,38 @@ fn a_failed_add_on_a_large_store_releases_its_reservation() {
 }
 
 /// macspoofchk: the pod's port lets through only frames from the MAC the ADD reported
-/// (nftables, bridge family, as the reference does); DEL takes the rules away.
+/// (nftables, bridge family, in the reference's layout and names); DEL takes the rules
+/// away, and each implementation's DEL removes what the other's ADD made.
 #[test]
 fn macspoofchk_drops_frames_from_another_mac() {
     require_cni_tools();
     let node = NetNs::new("msn");
     let pod = NetNs::new("msp");
     let data = TempDir::new("cnims");
-    let pd = PluginDir::new(Impl::Ours, Impl::Ours);
-    let exe = pd.path().join("bridge");
+    let ours = PluginDir::new(Impl::Ours, Impl::Ours);
+    let reference = PluginDir::new(Impl::Reference, Impl::Ours);
     let mut conf = bridge_conf("1.0.0", "ms", "msbr0", "10.76.0.0/24", data.path());
     conf["ipMasq"] = json!(false);
     conf["macspoofchk"] = json!(true);
     let netns = pod.path().display().to_string();
-    let r = Call::new("ADD", "ms1", &netns, "eth0", pd.path())
-        .run(Some(&node), &exe, &conf)
+    let table = |node: &NetNs| node.exec_ok(&["nft", "list", "table", "bridge", "nat"]);
+    let r = Call::new("ADD", "ms1", &netns, "eth0", ours.path())
+        .run(Some(&node), &ours.path().join("bridge"), &conf)
         .ok();
     let host = r["interfaces"][1]["name"].as_str().expect("host veth");
     let mac = r["interfaces"][2]["mac"]
         .as_str()
         .expect("pod mac")
         .to_string();
-    let rules = node.exec_ok(&["nft", "list", "table", "bridge", "nat"]);
-    assert!(
-        rules.contains(&format!("iifname \"{host}\" jump cni-br-iface-"))
-            && rules.contains(&format!("ether saddr {mac} return")),
-        "{rules}"
-    );
+    let rules = table(&node);
+    for want in [
+        format!("iifname \"{host}\" jump cni-br-iface-ms1-eth0 comment \"macspoofchk-ms1-eth0\""),
+        "jump cni-br-iface-ms1-eth0-mac comment".to_string(),
+        format!("ether saddr {mac} return comment"),
+        "drop comment \"macspoofchk-ms1-eth0\"".to_string(),
+    ] {
+        assert!(rules.contains(&want), "lacks {want:?}: {rules}");
+    }
     let ping = |pod: &NetNs| {
         pod.exec(&["ping", "-c1", "-W1", "10.76.0.1"])
             .status
@@ -359,10 +364,55 @@ fn macspoofchk_drops_frames_from_another_mac() {
     assert!(!ping(&pod), "a spoofed MAC got through");
     pod.exec_ok(&["ip", "link", "set", "eth0", "address", &mac]);
     assert!(ping(&pod), "the pod's own MAC passes again");
-    Call::new("DEL", "ms1", &netns, "eth0", pd.path())
-        .run(Some(&node), &exe, &conf)
+
+    // The reference's DEL removes what our ADD made...
+    Call::new("DEL", "ms1", &netns, "eth0", reference.path())
+        .run(Some(&node), &reference.path().join("bridge"), &conf)
         .ok();
-    let rules = node.exec_ok(&["nft", "list", "table", "bridge", "nat"]);
+    let rules = table(&node);
+    assert!(!rules.contains("cni-br-iface-"), "{rules}");
+    // ...and ours what the reference's ADD made.
+    Call::new("ADD", "ms2", &netns, "eth0", reference.path())
+        .run(Some(&node), &reference.path().join("bridge"), &conf)
+        .ok();
+    assert!(table(&node).contains("cni-br-iface-ms2-eth0-mac"));
+    Call::new("DEL", "ms2", &netns, "eth0", ours.path())
+        .run(Some(&node), &ours.path().join("bridge"), &conf)
+        .ok();
+    let rules = table(&node);
+    assert!(!rules.contains("cni-br-iface-"), "{rules}");
+    // The single chain older nestbox versions made (named by a hash of the id) goes too.
+    let sum = std::process::Command::new("sh")
+        .args(["-c", "printf %s ms3-eth0 | sha256sum"])
+        .output()
+        .expect("sha256sum");
+    let legacy = format!(
+        "cni-br-iface-{}",
+        &String::from_utf8_lossy(&sum.stdout)[..16]
+    );
+    let script = format!(
+        "add chain bridge nat {legacy}\nadd rule bridge nat {legacy} drop\n\
+         add rule bridge nat PREROUTING iifname \"msold\" jump {legacy} comment \"{legacy}\"\n"
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", node.name(), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .expect("stdin")
+                .write_all(script.as_bytes())?;
+            c.wait()
+        })
+        .expect("nft");
+    assert!(out.success());
+    assert!(table(&node).contains(&legacy));
+    Call::new("DEL", "ms3", &netns, "eth0", ours.path())
+        .run(Some(&node), &ours.path().join("bridge"), &conf)
+        .ok();
+    let rules = table(&node);
     assert!(!rules.contains("cni-br-iface-"), "{rules}");
     assert!(store_files(data.path(), "ms").is_empty());
 }

@@ -362,40 +362,74 @@ fn ensure_gateway_addr(nl: &mut Netlink, br: &Link, gw: IpNetwork, force: bool) 
 }
 
 // ---- macspoofchk (nftables, bridge family) ----
+//
+// The reference's layout, names included, so that either plugin's DEL removes what the
+// other's ADD made: in table `bridge nat`, a PREROUTING base chain (filter, priority
+// -300) jumps for the pod's port to `cni-br-iface-<id>`, which jumps to
+// `cni-br-iface-<id>-mac`: return for the pod's MAC, else drop. `<id>` is
+// `<containerID>-<ifname>`; every rule carries the comment `macspoofchk-<id>`.
 
-fn spoof_chain(args: &CmdArgs) -> String {
+fn spoof_id(args: &CmdArgs) -> String {
+    format!("{}-{}", args.container_id, args.ifname)
+}
+
+/// The single chain older nestbox versions made (`cni-br-iface-` + 16 hex digits of the
+/// SHA-256 of the id): still removed on DEL.
+fn legacy_spoof_chain(args: &CmdArgs) -> String {
     use sha2::{Digest, Sha256};
-    let h = Sha256::digest(format!("{}-{}", args.container_id, args.ifname));
+    let h = Sha256::digest(spoof_id(args));
     let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("cni-br-iface-{hex}")
 }
 
 fn spoof_setup(args: &CmdArgs, host_veth: &str, mac: &str) -> Result<()> {
-    let c = spoof_chain(args);
+    let id = spoof_id(args);
+    let c = format!("cni-br-iface-{id}");
+    let m = format!("{c}-mac");
+    let cm = format!("comment \"macspoofchk-{id}\"");
+    // Chains declared, then emptied, then filled, in one transaction: a leftover from an
+    // interrupted ADD of the same pod is replaced, not doubled.
     let script = format!(
         "add table bridge nat\n\
-         add chain bridge nat PREROUTING {{ type filter hook prerouting priority -300; }}\n\
+         add chain bridge nat PREROUTING {{ type filter hook prerouting priority -300; policy accept; }}\n\
          add chain bridge nat {c}\n\
-         add rule bridge nat {c} ether saddr {mac} return\n\
-         add rule bridge nat {c} drop\n\
-         add rule bridge nat PREROUTING iifname \"{host_veth}\" jump {c} comment \"{c}\"\n"
+         add chain bridge nat {m}\n\
+         flush chain bridge nat {c}\n\
+         flush chain bridge nat {m}\n\
+         add rule bridge nat PREROUTING iifname \"{host_veth}\" jump {c} {cm}\n\
+         add rule bridge nat {c} jump {m} {cm}\n\
+         add rule bridge nat {m} ether saddr {mac} return {cm}\n\
+         add rule bridge nat {m} drop {cm}\n"
     );
     nft(&script)
 }
 
+/// Remove the pod's jump and chains (ours or the reference's, and the legacy chain), in
+/// one transaction naming only what exists.
 fn spoof_teardown(args: &CmdArgs) {
-    let c = spoof_chain(args);
-    // No PREROUTING chain: still try to drop our chain below.
-    let out = tool::run(
-        "nft",
-        &["-a", "list", "chain", "bridge", "nat", "PREROUTING"],
-        None,
-    )
-    .unwrap_or_default();
+    let Ok(table) = tool::run("nft", &["-a", "list", "table", "bridge", "nat"], None) else {
+        return;
+    };
+    let c = format!("cni-br-iface-{}", spoof_id(args));
+    let ours = [c.clone(), format!("{c}-mac"), legacy_spoof_chain(args)];
     let mut script = String::new();
-    for line in out.lines() {
-        if line.contains(&format!("jump {c}")) {
-            if let Some(h) = line.rsplit("# handle ").next() {
+    let mut chains = Vec::new();
+    let mut chain = "";
+    for line in table.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("chain ") {
+            chain = rest.split_whitespace().next().unwrap_or_default();
+            if ours.iter().any(|o| o == chain) {
+                chains.push(chain);
+            }
+            continue;
+        }
+        let jumps_to_ours = line
+            .split_whitespace()
+            .skip_while(|w| *w != "jump")
+            .nth(1)
+            .is_some_and(|t| ours.iter().any(|o| o == t));
+        if chain == "PREROUTING" && jumps_to_ours {
+            if let Some((_, h)) = line.split_once("# handle ") {
                 script.push_str(&format!(
                     "delete rule bridge nat PREROUTING handle {}\n",
                     h.trim()
@@ -403,10 +437,16 @@ fn spoof_teardown(args: &CmdArgs) {
             }
         }
     }
-    script.push_str(&format!(
-        "flush chain bridge nat {c}\ndelete chain bridge nat {c}\n"
-    ));
-    let _ = nft(&script);
+    // A chain can go only once nothing jumps to it: every chain is emptied first.
+    for ch in &chains {
+        script.push_str(&format!("flush chain bridge nat {ch}\n"));
+    }
+    for ch in &chains {
+        script.push_str(&format!("delete chain bridge nat {ch}\n"));
+    }
+    if !script.is_empty() {
+        let _ = nft(&script);
+    }
 }
 
 fn nft(script: &str) -> Result<()> {
