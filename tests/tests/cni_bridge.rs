@@ -414,5 +414,19 @@ fn macspoofchk_drops_frames_from_another_mac() {
         .ok();
     let rules = table(&node);
     assert!(!rules.contains("cni-br-iface-"), "{rules}");
+    // An interface name nft's script syntax cannot carry in a chain name: hashed names.
+    Call::new("ADD", "ms4", &netns, "e@th1", ours.path())
+        .run(Some(&node), &ours.path().join("bridge"), &conf)
+        .ok();
+    let rules = table(&node);
+    assert!(
+        rules.contains("jump cni-br-iface-") && !rules.contains('@'),
+        "{rules}"
+    );
+    Call::new("DEL", "ms4", &netns, "e@th1", ours.path())
+        .run(Some(&node), &ours.path().join("bridge"), &conf)
+        .ok();
+    let rules = table(&node);
+    assert!(!rules.contains("cni-br-iface-"), "{rules}");
     assert!(store_files(data.path(), "ms").is_empty());
 }

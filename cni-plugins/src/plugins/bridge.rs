@@ -367,28 +367,50 @@ fn ensure_gateway_addr(nl: &mut Netlink, br: &Link, gw: IpNetwork, force: bool) 
 // other's ADD made: in table `bridge nat`, a PREROUTING base chain (filter, priority
 // -300) jumps for the pod's port to `cni-br-iface-<id>`, which jumps to
 // `cni-br-iface-<id>-mac`: return for the pod's MAC, else drop. `<id>` is
-// `<containerID>-<ifname>`; every rule carries the comment `macspoofchk-<id>`.
+// `<containerID>-<ifname>`; every rule carries the comment `macspoofchk-<id>`. The
+// rules go through nft's script syntax (`nft -f -`), which cannot quote a chain name:
+// see spoof_chain.
 
 fn spoof_id(args: &CmdArgs) -> String {
     format!("{}-{}", args.container_id, args.ifname)
 }
 
 /// The single chain older nestbox versions made (`cni-br-iface-` + 16 hex digits of the
-/// SHA-256 of the id): still removed on DEL.
-fn legacy_spoof_chain(args: &CmdArgs) -> String {
+/// SHA-256 of the id): still removed on DEL, and the name used for an id that nft's
+/// script syntax cannot carry.
+fn hashed_spoof_chain(args: &CmdArgs) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(spoof_id(args));
     let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("cni-br-iface-{hex}")
 }
 
-fn spoof_setup(args: &CmdArgs, host_veth: &str, mac: &str) -> Result<()> {
+/// The pod's iface chain: the reference's name when the id is made of characters an nft
+/// identifier allows (a container ID always is; an interface name may hold others, even
+/// a quote), else the hashed name.
+fn spoof_chain(args: &CmdArgs) -> String {
     let id = spoof_id(args);
-    let c = format!("cni-br-iface-{id}");
+    if id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        format!("cni-br-iface-{id}")
+    } else {
+        hashed_spoof_chain(args)
+    }
+}
+
+fn spoof_setup(args: &CmdArgs, host_veth: &str, mac: &str) -> Result<()> {
+    let c = spoof_chain(args);
     let m = format!("{c}-mac");
-    let cm = format!("comment \"macspoofchk-{id}\"");
-    // Chains declared, then emptied, then filled, in one transaction: a leftover from an
-    // interrupted ADD of the same pod is replaced, not doubled.
+    let cm = format!(
+        "comment \"macspoofchk-{}\"",
+        c.trim_start_matches("cni-br-iface-")
+    );
+    // Chains declared, then emptied, then filled, in one transaction: the chains a
+    // killed ADD of the same pod left are refilled, not doubled (a jump it left in
+    // PREROUTING stays until DEL, which removes every jump to them, as the reference's
+    // does).
     let script = format!(
         "add table bridge nat\n\
          add chain bridge nat PREROUTING {{ type filter hook prerouting priority -300; policy accept; }}\n\
@@ -404,14 +426,14 @@ fn spoof_setup(args: &CmdArgs, host_veth: &str, mac: &str) -> Result<()> {
     nft(&script)
 }
 
-/// Remove the pod's jump and chains (ours or the reference's, and the legacy chain), in
+/// Remove the pod's jumps and chains (ours or the reference's, and the hashed ones), in
 /// one transaction naming only what exists.
 fn spoof_teardown(args: &CmdArgs) {
     let Ok(table) = tool::run("nft", &["-a", "list", "table", "bridge", "nat"], None) else {
         return;
     };
-    let c = format!("cni-br-iface-{}", spoof_id(args));
-    let ours = [c.clone(), format!("{c}-mac"), legacy_spoof_chain(args)];
+    let (c, h) = (spoof_chain(args), hashed_spoof_chain(args));
+    let ours = [format!("{c}-mac"), format!("{h}-mac"), c, h];
     let mut script = String::new();
     let mut chains = Vec::new();
     let mut chain = "";
