@@ -334,9 +334,12 @@ fn macspoofchk_drops_frames_from_another_mac() {
     conf["macspoofchk"] = json!(true);
     let netns = pod.path().display().to_string();
     let table = |node: &NetNs| node.exec_ok(&["nft", "list", "table", "bridge", "nat"]);
-    let r = Call::new("ADD", "ms1", &netns, "eth0", ours.path())
-        .run(Some(&node), &ours.path().join("bridge"), &conf)
-        .ok();
+    let call = |verb: &str, id: &str, ifname: &str, pd: &PluginDir| {
+        Call::new(verb, id, &netns, ifname, pd.path())
+            .run(Some(&node), &pd.path().join("bridge"), &conf)
+            .ok()
+    };
+    let r = call("ADD", "ms1", "eth0", &ours);
     let host = r["interfaces"][1]["name"].as_str().expect("host veth");
     let mac = r["interfaces"][2]["mac"]
         .as_str()
@@ -366,19 +369,13 @@ fn macspoofchk_drops_frames_from_another_mac() {
     assert!(ping(&pod), "the pod's own MAC passes again");
 
     // The reference's DEL removes what our ADD made...
-    Call::new("DEL", "ms1", &netns, "eth0", reference.path())
-        .run(Some(&node), &reference.path().join("bridge"), &conf)
-        .ok();
+    call("DEL", "ms1", "eth0", &reference);
     let rules = table(&node);
     assert!(!rules.contains("cni-br-iface-"), "{rules}");
     // ...and ours what the reference's ADD made.
-    Call::new("ADD", "ms2", &netns, "eth0", reference.path())
-        .run(Some(&node), &reference.path().join("bridge"), &conf)
-        .ok();
+    call("ADD", "ms2", "eth0", &reference);
     assert!(table(&node).contains("cni-br-iface-ms2-eth0-mac"));
-    Call::new("DEL", "ms2", &netns, "eth0", ours.path())
-        .run(Some(&node), &ours.path().join("bridge"), &conf)
-        .ok();
+    call("DEL", "ms2", "eth0", &ours);
     let rules = table(&node);
     assert!(!rules.contains("cni-br-iface-"), "{rules}");
     // The single chain older nestbox versions made (named by a hash of the id) goes too.
@@ -409,23 +406,17 @@ fn macspoofchk_drops_frames_from_another_mac() {
         .expect("nft");
     assert!(out.success());
     assert!(table(&node).contains(&legacy));
-    Call::new("DEL", "ms3", &netns, "eth0", ours.path())
-        .run(Some(&node), &ours.path().join("bridge"), &conf)
-        .ok();
+    call("DEL", "ms3", "eth0", &ours);
     let rules = table(&node);
     assert!(!rules.contains("cni-br-iface-"), "{rules}");
     // An interface name nft's script syntax cannot carry in a chain name: hashed names.
-    Call::new("ADD", "ms4", &netns, "e@th1", ours.path())
-        .run(Some(&node), &ours.path().join("bridge"), &conf)
-        .ok();
+    call("ADD", "ms4", "e@th1", &ours);
     let rules = table(&node);
     assert!(
         rules.contains("jump cni-br-iface-") && !rules.contains('@'),
         "{rules}"
     );
-    Call::new("DEL", "ms4", &netns, "e@th1", ours.path())
-        .run(Some(&node), &ours.path().join("bridge"), &conf)
-        .ok();
+    call("DEL", "ms4", "e@th1", &ours);
     let rules = table(&node);
     assert!(!rules.contains("cni-br-iface-"), "{rules}");
     assert!(store_files(data.path(), "ms").is_empty());
