@@ -43,16 +43,13 @@ fn shim_socket(ctrd: &Containerd, id: &str) -> PathBuf {
 /// Whether the runtime still has state for the container (our shim's default root).
 fn runtime_knows(id: &str) -> bool {
     let root = format!("/run/containerd/nestbox/{NS}");
-    let (_, out, _) = run(std::process::Command::new(bin("nestbox")).args([
-        "--root", &root, "list", "--format", "json",
-    ]));
+    let (_, out, _) = run(std::process::Command::new(bin("nestbox"))
+        .args(["--root", &root, "list", "--format", "json"]));
     out.contains(&format!("\"{id}\""))
 }
 
 fn kill_and_remove(ctrd: &Containerd, id: &str) {
-    let (code, out, err) = run(ctrd
-        .ctr()
-        .args(["task", "kill", "--signal", "SIGKILL", id]));
+    let (code, out, err) = run(ctrd.ctr().args(["task", "kill", "--signal", "SIGKILL", id]));
     assert_eq!(code, 0, "ctr task kill: {out} {err}");
     assert!(
         wait_until(30, || task_status(ctrd, id).as_deref() == Some("STOPPED")),
@@ -150,14 +147,25 @@ fn containerd_killed_and_restarted_keeps_the_task_manageable() {
     assert!(alive(pid), "the container survived containerd's death");
     assert_eq!(ctrd.nestbox_shims(), shims, "the same shim still serves it");
     assert_eq!(task_status(&ctrd, &id).as_deref(), Some("RUNNING"));
-    assert_eq!(task_pid(&ctrd, &id), Some(pid), "reconnected to the same task");
+    assert_eq!(
+        task_pid(&ctrd, &id),
+        Some(pid),
+        "reconnected to the same task"
+    );
 
     let (code, out, err) = run(&mut bounded(
         {
             let mut c = ctrd.ctr();
             c.args(["task", "exec", "--fifo-dir"])
                 .arg(work.path().join("fifo"))
-                .args(["--exec-id", "after", &id, "sh", "-c", "echo exec-after-restart; exit 6"]);
+                .args([
+                    "--exec-id",
+                    "after",
+                    &id,
+                    "sh",
+                    "-c",
+                    "echo exec-after-restart; exit 6",
+                ]);
             c
         },
         60,
@@ -202,7 +210,13 @@ fn file_and_binary_log_uris_receive_the_output() {
     let (code, out, err) = run(&mut bounded(
         {
             let uri = format!("file://{}", log.display());
-            let mut c = ctr_run(&ctrd, work.path(), Shim::Nestbox, &rootfs, &["--rm", "--log-uri", &uri]);
+            let mut c = ctr_run(
+                &ctrd,
+                work.path(),
+                Shim::Nestbox,
+                &rootfs,
+                &["--rm", "--log-uri", &uri],
+            );
             c.arg(&id)
                 .args(["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 2"]);
             c
@@ -221,7 +235,13 @@ fn file_and_binary_log_uris_receive_the_output() {
     let (code, out, err) = run(&mut bounded(
         {
             let uri = format!("binary://{}?level=debug", script.display());
-            let mut c = ctr_run(&ctrd, work.path(), Shim::Nestbox, &rootfs, &["--rm", "--log-uri", &uri]);
+            let mut c = ctr_run(
+                &ctrd,
+                work.path(),
+                Shim::Nestbox,
+                &rootfs,
+                &["--rm", "--log-uri", &uri],
+            );
             c.arg(&id)
                 .args(["sh", "-c", "echo bin-out; echo bin-err >&2"]);
             c
