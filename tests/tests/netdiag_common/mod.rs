@@ -258,7 +258,12 @@ pub fn not_passed(report: &Value) -> Vec<String> {
         .map(|a| {
             a.iter()
                 .filter(|c| c["status"] != "PASS")
-                .map(|c| format!("{} {} {}: found {}", c["status"], c["id"], c["subject"], c["found"]))
+                .map(|c| {
+                    format!(
+                        "{} {} {}: found {}",
+                        c["status"], c["id"], c["subject"], c["found"]
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
