@@ -147,9 +147,9 @@ mod tests {
 
     #[test]
     fn layouts_match_netdiag_h() {
-        assert_eq!(std::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(std::mem::size_of::<FlowKey>(), 32);
         assert_eq!(std::mem::size_of::<FlowStats>(), 32);
-        assert_eq!(std::mem::size_of::<FlowEvent>(), 56);
+        assert_eq!(std::mem::size_of::<FlowEvent>(), 48);
         assert_eq!(std::mem::size_of::<DropEvent>(), 72);
     }
 
