@@ -23,6 +23,15 @@ fn main() {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| format!("{}-linux-gnu", env::consts::ARCH));
+    // The programs include libbpf's helper headers (bpf_helpers.h, bpf_core_read.h).
+    let libbpf = std::path::Path::new("/usr/include/bpf/bpf_helpers.h");
+    if !libbpf.exists() {
+        panic!(
+            "nestbox-netdiag's BPF programs need libbpf's headers ({}), which are missing: \
+             `apt-get install libbpf-dev` (scripts/deps.sh installs it)",
+            libbpf.display()
+        );
+    }
     for p in PROGRAMS {
         let src = format!("bpf/{p}.bpf.c");
         println!("cargo:rerun-if-changed={src}");
