@@ -13,6 +13,9 @@ PKGS=(
   runc crun containerd podman containernetworking-plugins etcd-server openssl curl
   # benchmarks
   hyperfine time iperf3
+  # nestbox-netdiag: BPF programs built by clang against libbpf's headers; bpftool to
+  # inspect them, graphviz to render `doctor --dot`
+  clang llvm libbpf-dev bpftool graphviz
 )
 
 missing=()
