@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 pub mod containerd;
+pub mod cri;
 pub mod image;
 
 /// The workspace root (the parent of this crate's folder).
