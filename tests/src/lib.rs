@@ -43,6 +43,64 @@ pub fn cni_bin() -> PathBuf {
     }
 }
 
+/// The containerd shim under test: `$NESTBOX_SHIM_BIN` (scripts/test.sh sets it to the
+/// static musl build that gets installed, see scripts/build-shim.sh), else the workspace build.
+pub fn shim_bin() -> PathBuf {
+    match std::env::var_os("NESTBOX_SHIM_BIN") {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "NESTBOX_SHIM_BIN={} is not a file",
+                p.display()
+            );
+            p
+        }
+        _ => bin("containerd-shim-nestbox-v2"),
+    }
+}
+
+/// A directory holding the shim under test and `nestbox` side by side, as
+/// scripts/install.sh lays them out (the shim runs the `nestbox` beside it): put it on
+/// containerd's PATH. Refreshed once per test process under the target dir.
+pub fn shim_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        let dir = target.join(format!("shim-under-test-{}", std::process::id()));
+        let tmp = target.join(format!(".shim-under-test-{}", unique("s")));
+        fs::create_dir_all(&tmp).expect("mkdir shim dir");
+        for (name, src) in [
+            ("containerd-shim-nestbox-v2", shim_bin()),
+            ("nestbox", bin("nestbox")),
+        ] {
+            if fs::hard_link(&src, tmp.join(name)).is_err() {
+                fs::copy(&src, tmp.join(name)).expect("copy shim dir binary");
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&tmp, &dir).expect("install shim dir");
+        // Dirs of earlier test processes (pids gone) are removed here.
+        if let Ok(entries) = fs::read_dir(&target) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("shim-under-test-") {
+                    let gone = pid
+                        .parse::<u32>()
+                        .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+                    if gone {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        dir
+    })
+    .clone()
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let mut dirs = Vec::new();
     if let Ok(d) = std::env::var("NESTBOX_BIN_DIR") {

@@ -10,14 +10,11 @@ use std::fs;
 use std::path::Path;
 
 use cni_common::{Impl, PluginDir};
-use nestbox_tests::containerd::Containerd;
+use nestbox_tests::containerd::{cri_config, import_cri_images, Containerd, BUSYBOX_IMAGE};
 use nestbox_tests::cri::{ContainerState, Cri};
-use nestbox_tests::image::oci_archive;
-use nestbox_tests::{bin, busybox_rootfs, run, unique, wait_until, NetNs, TempDir};
+use nestbox_tests::{bin, unique, wait_until, NetNs, TempDir};
 use serde_json::json;
 
-const PAUSE_IMAGE: &str = "docker.io/nestbox/pause:test";
-const BUSYBOX_IMAGE: &str = "docker.io/nestbox/busybox:test";
 const NETWORK: &str = "crinet";
 const SUBNET: &str = "10.88.7.0/24";
 
@@ -51,58 +48,15 @@ fn cri_node() -> CriNode {
         }]
     });
     fs::write(conf.path().join("10-crinet.conflist"), conflist.to_string()).expect("conflist");
-    let cri = "io.containerd.grpc.v1.cri";
-    let extra = format!(
-        r#"[plugins."{cri}"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  [plugins."{cri}".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "nestbox"
-    [plugins."{cri}".containerd.runtimes.nestbox]
-      runtime_type = "io.containerd.nestbox.v2"
-    [plugins."{cri}".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."{cri}".containerd.runtimes.runc.options]
-        BinaryName = "{nestbox}"
-  [plugins."{cri}".cni]
-    bin_dir = "{bins}"
-    conf_dir = "{conf}"
-"#,
-        nestbox = bin("nestbox").display(),
-        bins = plugins.path().display(),
-        conf = conf.path().display(),
-    );
+    let extra = cri_config(&bin("nestbox"), Some((plugins.path(), conf.path())));
     let ctrd = Containerd::with_config(Some(&node), &extra);
-    import_images(&ctrd);
+    import_cri_images(&ctrd);
     CriNode {
         ctrd,
         ipam,
         _plugins: plugins,
         _conf: conf,
         _node: node,
-    }
-}
-
-fn import_images(ctrd: &Containerd) {
-    let work = TempDir::new("criimg");
-    let pause_root = work.path().join("pause-rootfs");
-    fs::create_dir_all(&pause_root).expect("mkdir");
-    fs::copy(bin("nestbox-pause"), pause_root.join("pause")).expect("copy pause");
-    let busybox = busybox_rootfs();
-    let images = [
-        (pause_root.as_path(), PAUSE_IMAGE, vec!["/pause"], vec![]),
-        (busybox.as_path(), BUSYBOX_IMAGE, vec![], vec!["sh"]),
-    ];
-    for (rootfs, name, entry, cmd) in images {
-        let archive = work.path().join("image.tar");
-        oci_archive(rootfs, name, &entry, &cmd, &["PATH=/bin:/sbin"], &archive);
-        let (code, out, err) = run(ctrd
-            .ctr_ns("k8s.io")
-            .args(["images", "import"])
-            .arg(&archive));
-        assert_eq!(code, 0, "ctr images import {name}: {out} {err}");
     }
 }
 
