@@ -343,34 +343,60 @@ pub fn list(root: &Path) -> Result<Vec<(State, Status)>> {
     Ok(out)
 }
 
-/// `kill [--all] ID SIGNAL`.
+/// `kill [--all] ID SIGNAL`. Plain `kill` signals init and refuses a stopped container;
+/// `--all` signals whatever is in the container's cgroup, whatever the status (see
+/// [`signal_all`]).
 pub fn kill_container(root: &Path, id: &str, signal: Signal, all: bool) -> Result<()> {
     let (state, dir) = load(root, id)?;
-    let status = state.status(&dir);
     if all {
-        let cgroup = state
-            .cgroup
-            .as_ref()
-            .ok_or_else(|| Error::Other("no cgroup recorded for the container".into()))?;
-        let pids = cgroup.pids()?;
-        if pids.is_empty() && status == Status::Stopped {
-            return Err(Error::NotRunning(id.into()));
-        }
-        for pid in pids {
-            let _ = kill(Pid::from_raw(pid), signal);
-        }
-        return Ok(());
+        return signal_all(&state, signal);
     }
+    let status = state.status(&dir);
     if status == Status::Stopped {
         return Err(Error::NotRunning(id.into()));
     }
     match kill(Pid::from_raw(state.pid), signal) {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         Err(nix::errno::Errno::ESRCH) => {
-            Err(Error::Other(format!("container {id:?}: no such process")))
+            return Err(Error::Other(format!("container {id:?}: no such process")))
         }
-        Err(e) => Err(e).ctx(|| format!("signalling container {id:?}")),
+        Err(e) => return Err(e).ctx(|| format!("signalling container {id:?}")),
     }
+    // As runc: a frozen (v1) task does not even die of SIGKILL until it is thawed.
+    if status == Status::Paused && signal == Signal::SIGKILL {
+        if let Some(cg) = &state.cgroup {
+            if let Err(e) = cg.thaw() {
+                tracing::warn!("kill: thawing the paused container: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `kill --all`: every process in the container's cgroup. containerd's shims call it after
+/// init exited, to reach what is left (processes of a pod sharing a PID namespace, or of the
+/// host's): a stopped container with an empty cgroup is success, not "not running". As
+/// runc: the cgroup is frozen while it is listed and signalled, so nothing forks past the
+/// list, then thawed, so the signal is delivered (a paused container ends up thawed).
+fn signal_all(state: &State, signal: Signal) -> Result<()> {
+    let cgroup = cgroup_of(state)?;
+    if cgroup.pids()?.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = cgroup.freeze() {
+        tracing::warn!("kill --all: freezing the cgroup: {e}");
+    }
+    let pids = cgroup.pids();
+    for pid in pids.as_deref().unwrap_or_default() {
+        match kill(Pid::from_raw(*pid), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("kill --all: signalling {pid}: {e}"),
+        }
+    }
+    if let Err(e) = cgroup.thaw() {
+        tracing::warn!("kill --all: thawing the cgroup: {e}");
+    }
+    pids.map(|_| ()).map_err(Error::from)
 }
 
 /// `delete [--force] ID`.
