@@ -56,6 +56,7 @@ struct CreateGuard {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
     child: Option<Pid>,
+    shared_rootfs: Option<(PathBuf, crate::rootfs::SharedRootfs)>,
 }
 
 impl CreateGuard {
@@ -63,6 +64,7 @@ impl CreateGuard {
         self.dir = None;
         self.cgroup = None;
         self.child = None;
+        self.shared_rootfs = None;
     }
 }
 
@@ -71,6 +73,11 @@ impl Drop for CreateGuard {
         if let Some(pid) = self.child.take() {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
+        }
+        if let Some((rootfs, shared)) = self.shared_rootfs.take() {
+            if let Err(e) = crate::rootfs::detach_shared_rootfs(&rootfs, &shared) {
+                tracing::warn!("cleanup: {e}");
+            }
         }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {
@@ -108,6 +115,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         dir: Some(dir.clone()),
         cgroup: None,
         child: None,
+        shared_rootfs: None,
     };
 
     let linux = bundle.spec.linux().as_ref();
@@ -194,7 +202,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     }
     let (_, start_time) = state::proc_stat(pid.as_raw())
         .ok_or_else(|| Error::Init("container init exited during create".into()))?;
-    let state = State {
+    let mut state = State {
         oci_version: bundle.spec.version().clone(),
         id: opts.id.clone(),
         pid: pid.as_raw(),
@@ -206,6 +214,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         init_start_time: start_time,
         cgroup: Some(cgroup),
         hooks: bundle.spec.hooks().clone(),
+        shared_rootfs: None,
     };
     channel.send(&Message::Go)?;
     loop {
@@ -225,6 +234,13 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             Message::Failed(reason) => return Err(Error::Init(reason)),
             other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
         }
+    }
+    if !namespaces.has_new(LinuxNamespaceType::Mount)
+        && namespaces.joins(LinuxNamespaceType::Mount).is_none()
+    {
+        let shared = crate::rootfs::SharedRootfs::of_process(pid.as_raw())?;
+        guard.shared_rootfs = Some((bundle.rootfs.clone(), shared.clone()));
+        state.shared_rootfs = Some(shared);
     }
 
     state.save(&dir)?;
@@ -468,6 +484,9 @@ fn destroy(state: &State, dir: &Path) -> Result<()> {
         }
         cg.destroy()?;
     }
+    if let Some(shared) = &state.shared_rootfs {
+        crate::rootfs::detach_shared_rootfs(&state.rootfs, shared)?;
+    }
     std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", shown(dir)))?;
     let hooks = state.hooks.as_ref().and_then(|h| h.poststop().as_ref());
     crate::hooks::run_warn("poststop", hooks, &state.oci_json(Status::Stopped));
@@ -671,6 +690,22 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
     let bundle = spec::load_bundle(&state.bundle)?;
     let process = build_exec_process(&bundle.spec, &opts.process)?;
     let mut joins = process::exec::namespaces_to_join(state.pid)?;
+    // A container in the runtime's own mount namespace is only chrooted: take init's root.
+    let root = if joins.iter().any(|(t, _)| *t == LinuxNamespaceType::Mount) {
+        None
+    } else {
+        let path = format!("/proc/{}/root", state.pid);
+        let fd = nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ctx(|| format!("open {path}"))?;
+        // SAFETY: open returned a fresh fd that nothing else owns.
+        Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
     let console = match (&opts.console_socket, process.terminal().unwrap_or(false)) {
         (Some(path), true) => Some(crate::console::connect_socket(path)?),
         (None, true) => {
@@ -692,6 +727,7 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         spec: &bundle.spec,
         process: &process,
         joins,
+        root,
         console,
         preserve_fds: opts.preserve_fds,
         state_json: state.oci_json(Status::Running),

@@ -235,3 +235,247 @@ fn kill_all_thaws_frozen_leftovers_on_v2() {
     // "stopped: the container process has exited" is what nestbox reports.
     assert_eq!(nestbox.0, "stopped");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. Namespaces: absent means inherit, path means join (mount included)
+// ---------------------------------------------------------------------------------------------
+
+/// This thread's namespace of a type (`mnt`, `pid`, …), as `readlink /proc/self/ns/X` shows it.
+fn own_ns(name: &str) -> String {
+    std::fs::read_link(format!("/proc/thread-self/ns/{name}"))
+        .expect("own namespace")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Mount points at or below `dir` in this thread's mount namespace, deepest first.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let text = std::fs::read_to_string("/proc/thread-self/mountinfo").expect("mountinfo");
+    let mut found: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| *m == dir || m.starts_with(&format!("{dir}/")))
+        .map(str::to_owned)
+        .collect();
+    found.reverse();
+    found
+}
+
+/// An `unshare … sleep` holding namespaces to join by path; killed on drop (`--kill-child`
+/// takes a `--fork`ed sleep with it).
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn new(args: &[&str]) -> Holder {
+        let child = std::process::Command::new("unshare")
+            .args(args)
+            .args(["sleep", "1000"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("unshare");
+        Holder(child)
+    }
+
+    /// The forked child of `unshare --fork`: the process in the new pid namespace.
+    fn child_pid(&self) -> i32 {
+        let children = format!("/proc/{0}/task/{0}/children", self.0.id());
+        let mut pid = 0;
+        assert!(
+            wait_until(10, || {
+                pid = std::fs::read_to_string(&children)
+                    .ok()
+                    .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0);
+                pid > 0
+            }),
+            "unshare --fork never forked"
+        );
+        pid
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process in a new mount namespace (a copy of this thread's), to join by path.
+struct MountNsHolder(Holder);
+
+impl MountNsHolder {
+    fn new() -> MountNsHolder {
+        let holder = MountNsHolder(Holder::new(&["-m", "--propagation", "private"]));
+        let ns = holder.ns_path();
+        assert!(
+            wait_until(10, || std::fs::read_link(&ns)
+                .map(|l| l.to_string_lossy() != own_ns("mnt"))
+                .unwrap_or(false)),
+            "the holder never got its own mount namespace"
+        );
+        holder
+    }
+
+    fn ns_path(&self) -> String {
+        format!("/proc/{}/ns/mnt", self.0 .0.id())
+    }
+}
+
+#[test]
+fn no_mount_namespace_shares_the_runtimes_and_leaves_no_mount() {
+    let [crun, nestbox] = in_mount_namespace(CgroupLayout::V1, || {
+        [Runtime::crun(), Runtime::nestbox()].map(|rt| {
+            let mut b = bundle_with(&["sh", "-c", "readlink /proc/self/ns/mnt; ls /"]);
+            without_namespace(&mut b, "mount");
+            b.write();
+            let (code, out, err) = rt.run(&b);
+            let left = mounts_under(&b.rootfs());
+            // crun leaves the container's mounts in its own namespace: clear them away.
+            for m in &left {
+                let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
+            (code, out, err, left, own_ns("mnt"))
+        })
+    });
+    assert_eq!(
+        (nestbox.0, &nestbox.1),
+        (crun.0, &crun.1),
+        "nestbox differs from crun\nnestbox: {}\ncrun: {}",
+        nestbox.2,
+        crun.2
+    );
+    let lines: Vec<&str> = nestbox.1.lines().collect();
+    assert_eq!(lines.first(), Some(&nestbox.4.as_str()), "{}", nestbox.1);
+    assert!(
+        lines.contains(&"bin") && lines.contains(&"proc"),
+        "{}",
+        nestbox.1
+    );
+    // The spec's delete: "MUST delete the resources that were created during the create
+    // step" — crun leaves its mounts in the runtime's namespace, nestbox does not.
+    assert!(nestbox.3.is_empty(), "left behind: {:?}", nestbox.3);
+}
+
+#[test]
+fn no_mount_namespace_still_honours_a_read_only_root_and_exec() {
+    in_mount_namespace(CgroupLayout::Host, || {
+        let nb = Runtime::nestbox();
+        let mut b = bundle_with(&["sleep", "100"]);
+        without_namespace(&mut b, "mount");
+        b.write();
+        let host_mounts = mounts_under(Path::new("/")).len();
+        let id = nb.start(&b);
+        let (code, out, err) = nb.out(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/mnt; ls / | grep -c ^bin$; touch /x 2>/dev/null; echo ro=$?",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, format!("{}\n1\nro=1\n", own_ns("mnt")));
+        nb.ok(&["delete", "--force", &id]);
+        assert!(mounts_under(&b.rootfs()).is_empty());
+        assert_eq!(mounts_under(Path::new("/")).len(), host_mounts);
+    });
+}
+
+#[test]
+fn mount_namespace_joined_by_path() {
+    let [crun, nestbox] = in_mount_namespace(CgroupLayout::V1, || {
+        [Runtime::crun(), Runtime::nestbox()].map(|rt| {
+            // runc and crun make the rootfs the joined namespace's root (pivot_root moves
+            // every process whose root was the old one): one holder per runtime.
+            let holder = MountNsHolder::new();
+            let ns = std::fs::read_link(holder.ns_path()).expect("holder ns");
+            let mut b = bundle_with(&["sh", "-c", "readlink /proc/self/ns/mnt; ls /"]);
+            for n in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+                if n["type"] == "mount" {
+                    n["path"] = json!(holder.ns_path());
+                }
+            }
+            b.write();
+            let (code, out, err) = rt.run(&b);
+            (code, out, err, ns.to_string_lossy().into_owned())
+        })
+    });
+    assert_eq!(
+        (nestbox.0, nestbox.1.lines().skip(1).collect::<Vec<_>>()),
+        (crun.0, crun.1.lines().skip(1).collect::<Vec<_>>()),
+        "nestbox: {}\ncrun: {}",
+        nestbox.2,
+        crun.2
+    );
+    assert_eq!(nestbox.1.lines().next(), Some(nestbox.3.as_str()));
+    assert_eq!(crun.1.lines().next(), Some(crun.3.as_str()));
+}
+
+/// The namespaces (pid, net, ipc, uts, cgroup) a container's process is in, one per line.
+const SHOW_NS: &str = "for n in pid net ipc uts cgroup; do readlink /proc/self/ns/$n; done";
+
+#[test]
+fn every_namespace_type_absent_inherits_and_path_joins() {
+    // A holder with new pid, net, ipc, uts, cgroup and time namespaces (`--fork`: its child
+    // is the one in the new pid namespace).
+    let unshare = Holder::new(&["--fork", "--kill-child", "-p", "-n", "-i", "-u", "-C", "-T"]);
+    let holder = unshare.child_pid();
+    let ns = |n: &str| format!("/proc/{holder}/ns/{n}");
+    let mut results = Vec::new();
+    for rt in [Runtime::runc(), Runtime::nestbox()] {
+        let mut absent = bundle_with(&["sh", "-c", SHOW_NS]);
+        absent.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+        absent.config.as_object_mut().unwrap().remove("hostname");
+        absent.write();
+        let mut joined = bundle_with(&["sh", "-c", SHOW_NS]);
+        joined.config["linux"]["namespaces"] = json!([
+            {"type": "mount"},
+            {"type": "pid", "path": ns("pid")},
+            {"type": "network", "path": ns("net")},
+            {"type": "ipc", "path": ns("ipc")},
+            {"type": "uts", "path": ns("uts")},
+            {"type": "cgroup", "path": ns("cgroup")},
+        ]);
+        joined.config.as_object_mut().unwrap().remove("hostname");
+        joined.write();
+        results.push((rt.run(&absent), rt.run(&joined)));
+    }
+    let expect = |of: &dyn Fn(&str) -> String| -> String {
+        ["pid", "net", "ipc", "uts", "cgroup"]
+            .iter()
+            .map(|n| of(n) + "\n")
+            .collect()
+    };
+    let link = |p: String| {
+        std::fs::read_link(p)
+            .expect("ns link")
+            .to_string_lossy()
+            .into_owned()
+    };
+    let inherited = expect(&|n: &str| own_ns(n));
+    let holders = expect(&|n: &str| link(ns(n)));
+    let outputs = |r: &((i32, String, String), (i32, String, String))| {
+        ((r.0 .0, r.0 .1.clone()), (r.1 .0, r.1 .1.clone()))
+    };
+    assert_eq!(
+        outputs(&results[1]),
+        outputs(&results[0]),
+        "nestbox differs from runc: {results:?}"
+    );
+    assert_eq!(outputs(&results[1]), ((0, inherited), (0, holders)));
+
+    // runc 1.1 predates time namespaces: nestbox only.
+    let nb = Runtime::nestbox();
+    let mut time = bundle_with(&["readlink", "/proc/self/ns/time"]);
+    time.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time", "path": ns("time")}));
+    time.write();
+    let (code, out, err) = nb.run(&time);
+    assert_eq!((code, out), (0, link(ns("time")) + "\n"), "{err}");
+    drop(unshare);
+}

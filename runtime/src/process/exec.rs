@@ -49,6 +49,9 @@ pub struct ExecConfig<'a> {
     pub spec: &'a Spec,
     pub process: &'a Process,
     pub joins: Vec<(LinuxNamespaceType, OwnedFd)>,
+    /// The root of the container's init (`/proc/<pid>/root`) when its mount namespace is ours:
+    /// a container without a mount namespace of its own is chrooted there.
+    pub root: Option<OwnedFd>,
     pub console: Option<OwnedFd>,
     pub preserve_fds: i32,
     /// The container's state JSON, for a seccomp agent (linux.seccomp.listenerPath).
@@ -126,6 +129,10 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
             nix::unistd::setresgid(0.into(), 0.into(), 0.into()).ctx(|| "setresgid(0)".into())?;
             nix::unistd::setresuid(0.into(), 0.into(), 0.into()).ctx(|| "setresuid(0)".into())?;
         }
+    }
+    if let Some(root) = &config.root {
+        nix::unistd::fchdir(root.as_raw_fd()).ctx(|| "fchdir to the container's root".into())?;
+        nix::unistd::chroot(".").ctx(|| "chroot into the container's root".into())?;
     }
     // Joining the mount namespace moved us to its root; make sure cwd is there too.
     nix::unistd::chdir("/").ctx(|| "chdir /".into())?;

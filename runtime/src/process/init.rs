@@ -41,6 +41,9 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     let ns = config.namespaces;
     let in_userns =
         ns.has_new(LinuxNamespaceType::User) || ns.joins(LinuxNamespaceType::User).is_some();
+    // Host paths of our own cgroups (we are in them since `Go`), before a cgroup namespace,
+    // new or joined, re-roots what /proc/self/cgroup says.
+    let cgroup_binds = rootfs::own_cgroup_binds();
     if ns.has_new(LinuxNamespaceType::User) {
         become_root_in_userns()?;
     }
@@ -54,8 +57,6 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .ctx(|| "writing oom_score_adj".into())?;
     }
-    // Host paths of our own cgroups, before a cgroup namespace re-roots them.
-    let cgroup_binds = rootfs::own_cgroup_binds();
     let unshare_flags = ns.new
         - (CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWUSER
@@ -82,24 +83,30 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
         None => None,
     };
 
-    if !ns.has_new(LinuxNamespaceType::Mount) {
-        return Err(Error::Spec(
-            "linux.namespaces: a mount namespace is required".into(),
-        ));
-    }
-    rootfs::prepare(&RootfsContext {
+    // No mount namespace in the spec: the container's mounts go into the runtime's own, all
+    // on the rootfs bind; until `Ready`, a failure detaches that bind (and with it the rest).
+    let shares_runtime_mounts =
+        !ns.has_new(LinuxNamespaceType::Mount) && ns.joins(LinuxNamespaceType::Mount).is_none();
+    let rootfs_ctx = RootfsContext {
         spec,
         bundle: config.bundle,
         rootfs: config.rootfs,
         cgroup_binds: &cgroup_binds,
         in_userns,
-    })?;
+        shares_runtime_mounts,
+    };
+    rootfs::bind_rootfs(&rootfs_ctx)?;
+    let mut shared_mounts = SharedMountsGuard(shares_runtime_mounts.then(|| config.rootfs.into()));
+    rootfs::prepare(&rootfs_ctx)?;
     crate::hooks::run(
         "createContainer",
         hooks.and_then(|h| h.create_container().as_ref()),
         &state_json,
     )?;
-    rootfs::enter(config.rootfs, config.no_pivot)?;
+    rootfs::enter(config.rootfs, config.no_pivot, shares_runtime_mounts)?;
+    if shares_runtime_mounts {
+        shared_mounts.0 = Some("/".into());
+    }
     nix::unistd::setsid().ctx(|| "setsid".into())?;
     if process.terminal().unwrap_or(false) {
         let socket = config.console.ok_or_else(|| {
@@ -128,6 +135,8 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     }
 
     channel.send(&Message::Ready)?;
+    // From here on the container exists: `delete` undoes its mounts.
+    shared_mounts.0 = None;
     let conn = wait_for_start(&config.exec_listener)?;
     drop(config.exec_listener);
     let started = crate::hooks::run(
@@ -156,6 +165,18 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     let _ = conn.write_all(err.to_string().as_bytes());
     // SAFETY: _exit ends init; `start` reads the error from the connection.
     unsafe { libc::_exit(1) }
+}
+
+/// Detaches the rootfs bind in the runtime's mount namespace (at the path it has before or after
+/// the chroot) when init fails before `Ready`.
+struct SharedMountsGuard(Option<PathBuf>);
+
+impl Drop for SharedMountsGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
 }
 
 /// Inside a new user namespace: become its root (uid/gid 0 are mapped by the parent).
