@@ -181,6 +181,10 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             "linux.timeOffsets: needs a new time namespace".into(),
         ));
     }
+    let seccomp_listener = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => crate::seccomp::connect_listener(profile)?,
+        None => None,
+    };
     let (parent_end, init_end) = channel::pair()?;
     let config = InitConfig {
         spec: &bundle.spec,
@@ -190,6 +194,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         joins,
         exec_listener,
         console,
+        seccomp_listener,
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
     };
@@ -722,6 +727,15 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         let (typ, fd) = joins.remove(pos);
         crate::namespaces::join(typ, &fd)?;
     }
+    let seccomp_listener = match bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+    {
+        Some(profile) => crate::seccomp::connect_listener(profile)?,
+        None => None,
+    };
     let (parent_end, child_end) = channel::pair()?;
     let config = process::exec::ExecConfig {
         spec: &bundle.spec,
@@ -729,6 +743,7 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         joins,
         root,
         console,
+        seccomp_listener,
         preserve_fds: opts.preserve_fds,
         state_json: state.oci_json(Status::Running),
     };

@@ -479,3 +479,84 @@ fn every_namespace_type_absent_inherits_and_path_joins() {
     assert_eq!((code, out), (0, link(ns("time")) + "\n"), "{err}");
     drop(unshare);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. Seccomp is the last step before execve
+// ---------------------------------------------------------------------------------------------
+
+/// A profile denying `getcwd` (the runtime's own cwd check uses it) with EPERM.
+fn deny_getcwd(b: &mut Bundle) {
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+}
+
+#[test]
+fn seccomp_denying_what_the_runtime_uses_does_not_break_start() {
+    let results = in_mount_namespace(CgroupLayout::V1, || {
+        [Runtime::crun(), Runtime::nestbox()].map(|rt| {
+            let mut out = Vec::new();
+            for (nnp, uid) in [(true, 0), (false, 0), (true, 1000), (false, 1000)] {
+                // The filter applies to the container's process: its own getcwd fails.
+                let mut b = bundle_with(&["sh", "-c", "cd /tmp && /bin/pwd -P; echo pwd=$?"]);
+                deny_getcwd(&mut b);
+                b.config["process"]["noNewPrivileges"] = json!(nnp);
+                b.config["process"]["user"] = json!({"uid": uid, "gid": uid});
+                b.config["process"]["cwd"] = json!("/home");
+                b.write();
+                let (code, stdout, err) = rt.run(&b);
+                out.push(((nnp, uid), code, stdout, err));
+            }
+            out
+        })
+    });
+    let [crun, nestbox] = results;
+    for (c, n) in crun.iter().zip(&nestbox) {
+        assert_eq!(
+            (n.0, n.1, &n.2),
+            (c.0, c.1, &c.2),
+            "nestbox differs from crun\nnestbox: {}\ncrun: {}",
+            n.3,
+            c.3
+        );
+        assert_eq!((n.1, n.2.as_str()), (0, "pwd=1\n"), "{:?}: {}", n.0, n.3);
+    }
+}
+
+#[test]
+fn seccomp_notify_reaches_the_listener_for_an_unprivileged_process() {
+    for (nnp, uid) in [(true, 1000), (false, 1000), (true, 0)] {
+        let nb = Runtime::nestbox();
+        let sock = nb.root.path().join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind agent socket");
+        let agent = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let (payload, fd) = nestbox_tests::recv_fd(&stream);
+            drop(fd);
+            payload
+        });
+        let mut b = bundle_with(&["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo $?"]);
+        b.config["root"]["readonly"] = json!(false);
+        b.config["process"]["noNewPrivileges"] = json!(nnp);
+        b.config["process"]["user"] = json!({"uid": uid, "gid": uid});
+        b.config["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "listenerPath": sock,
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+        });
+        b.write();
+        let (code, out, err) = nb.run(&b);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "1\n"),
+            "nnp {nnp} uid {uid}: {err}"
+        );
+        let payload: serde_json::Value =
+            serde_json::from_str(&agent.join().expect("agent")).expect("payload JSON");
+        assert_eq!(payload["fds"], json!(["seccompFd"]), "{payload}");
+        assert!(payload["pid"].as_i64().unwrap_or(0) > 0, "{payload}");
+    }
+}
