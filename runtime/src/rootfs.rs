@@ -62,20 +62,47 @@ pub struct RootfsContext<'a> {
     pub shares_runtime_mounts: bool,
 }
 
+/// linux.rootfsPropagation as mount flags (None when unset).
+fn rootfs_propagation(spec: &Spec) -> Result<Option<MsFlags>> {
+    match spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+    {
+        None | Some("") => Ok(None),
+        Some(p) => propagation_flag(p)
+            .map(Some)
+            .ok_or_else(|| Error::Spec(format!("linux.rootfsPropagation: unknown value {p:?}"))),
+    }
+}
+
 /// Propagation of the container's mount namespace, and the bind of the rootfs onto itself that
 /// becomes the container's `/` (and carries every later mount).
+///
+/// The bind must not be shared, nor its parent mount, nor `/`, for pivot_root; the spec's
+/// rootfsPropagation is applied to the new `/` afterwards, in [`finish`]. Unset (our default)
+/// or recursive: every mount of the namespace becomes private (or slave for `rslave`), so
+/// nothing the container mounts reaches the host. `shared`, `private`, `unbindable`: only `/`
+/// and the rootfs's parent mount are made private, so the spec's bind mounts of shared host
+/// mounts keep their peers (as with runc and crun). `slave`: `/` and the parent become slaves
+/// instead, so the rootfs bind, made from its parent, receives the host's mounts under the
+/// rootfs ("receives propagation events from the host … but not the other way around").
 pub fn bind_rootfs(ctx: &RootfsContext) -> Result<()> {
-    let linux = ctx.spec.linux().as_ref();
+    let requested = rootfs_propagation(ctx.spec)?;
     if !ctx.shares_runtime_mounts {
-        let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-            None | Some("") => MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            Some(p) => propagation_flag(p).ok_or_else(|| {
-                Error::Spec(format!("linux.rootfsPropagation: unknown value {p:?}"))
-            })?,
+        let rec = MsFlags::MS_REC;
+        let slave = requested.is_some_and(|f| f.contains(MsFlags::MS_SLAVE));
+        let keep_peers =
+            requested.is_some_and(|f| !f.contains(rec) || f.contains(MsFlags::MS_SHARED));
+        let (root, parent) = match (keep_peers, slave) {
+            (true, true) => (MsFlags::MS_SLAVE, MsFlags::MS_SLAVE),
+            (true, false) => (MsFlags::MS_PRIVATE, MsFlags::MS_PRIVATE),
+            (false, true) => (rec | MsFlags::MS_SLAVE, MsFlags::MS_SLAVE),
+            (false, false) => (rec | MsFlags::MS_PRIVATE, MsFlags::MS_PRIVATE),
         };
-        mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
-            .ctx(|| "making / private in the container's mount namespace".into())?;
-        make_parent_mount_private(ctx.rootfs)?;
+        mount(None::<&str>, "/", None::<&str>, root, None::<&str>)
+            .ctx(|| "setting the propagation of / in the container's mount namespace".into())?;
+        unshare_parent_mount(ctx.rootfs, parent)?;
     }
     mount(
         Some(ctx.rootfs),
@@ -84,7 +111,20 @@ pub fn bind_rootfs(ctx: &RootfsContext) -> Result<()> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .ctx(|| format!("bind mounting the rootfs {}", shown(ctx.rootfs)))
+    .ctx(|| format!("bind mounting the rootfs {}", shown(ctx.rootfs)))?;
+    if ctx.shares_runtime_mounts {
+        // In the runtime's namespace the bind may have joined a shared host mount's peer
+        // group: keep the container's mounts from spreading to its peers.
+        mount(
+            None::<&str>,
+            ctx.rootfs,
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .ctx(|| format!("making the rootfs bind {} private", shown(ctx.rootfs)))?;
+    }
+    Ok(())
 }
 
 /// The spec's mounts and the device nodes on the rootfs bind, before pivot_root.
@@ -164,7 +204,7 @@ pub fn enter(rootfs: &Path, no_pivot: bool, shares_runtime_mounts: bool) -> Resu
     chdir("/").ctx(|| "chdir /".into())
 }
 
-/// After pivot: masked paths, read-only paths, read-only root.
+/// After pivot: masked paths, read-only paths, read-only root, then rootfsPropagation on `/`.
 pub fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
     for p in linux
@@ -194,6 +234,11 @@ pub fn finish(spec: &Spec) -> Result<()> {
             None::<&str>,
         )
         .ctx(|| "remounting / read-only".into())?;
+    }
+    // Last: an unbindable `/` would refuse the binds above.
+    if let Some(flag) = rootfs_propagation(spec)? {
+        mount(None::<&str>, "/", None::<&str>, flag, None::<&str>)
+            .ctx(|| "applying linux.rootfsPropagation to /".into())?;
     }
     Ok(())
 }
@@ -424,24 +469,30 @@ fn is_bind(m: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-/// pivot_root needs the rootfs's parent mount not to be shared.
-fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+/// pivot_root refuses a rootfs whose parent mount is shared (and binding the rootfs there
+/// would propagate to the parent's peers): when it is, make it `flag` (private, or slave so
+/// the rootfs bind still receives from the host). As runc, only when shared.
+fn unshare_parent_mount(rootfs: &Path, flag: MsFlags) -> Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let parent = mountinfo
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(PathBuf::from)
-        .filter(|mp| rootfs.starts_with(mp))
-        .max_by_key(|mp| mp.as_os_str().len())
-        .unwrap_or_else(|| PathBuf::from("/"));
-    mount(
-        None::<&str>,
-        &parent,
-        None::<&str>,
-        MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .ctx(|| format!("making {} private", shown(&parent)))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let mount_point = PathBuf::from(f.get(4)?);
+            let shared = f
+                .iter()
+                .skip(6)
+                .take_while(|o| **o != "-")
+                .any(|o| o.starts_with("shared:"));
+            Some((mount_point, shared))
+        })
+        .filter(|(mp, _)| rootfs.starts_with(mp))
+        .max_by_key(|(mp, _)| mp.as_os_str().len());
+    match parent {
+        Some((parent, true)) => mount(None::<&str>, &parent, None::<&str>, flag, None::<&str>)
+            .ctx(|| format!("unsharing {}, the rootfs's parent mount", shown(&parent))),
+        _ => Ok(()),
+    }
 }
 
 /// An O_PATH fd on `path`, checked to really be inside `rootfs` (no symlink swapped in), and

@@ -560,3 +560,139 @@ fn seccomp_notify_reaches_the_listener_for_an_unprivileged_process() {
         assert!(payload["pid"].as_i64().unwrap_or(0) > 0, "{payload}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. rootfsPropagation
+// ---------------------------------------------------------------------------------------------
+
+/// A directory bound onto itself and made shared in this thread's mount namespace (the test's
+/// "host"); unmounted on drop.
+struct SharedBind(std::path::PathBuf);
+
+impl SharedBind {
+    fn new(dir: &Path) -> SharedBind {
+        use nix::mount::{mount, MsFlags};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind");
+        let guard = SharedBind(dir.to_path_buf());
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .expect("make shared");
+        guard
+    }
+}
+
+impl Drop for SharedBind {
+    fn drop(&mut self) {
+        for m in mounts_under(&self.0) {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// What a container with `rootfsPropagation: mode` sees and does, its rootfs and a bind
+/// source being shared mounts of the host: (the propagation tags of its `/`, whether a mount
+/// the host made under the rootfs after `create` shows inside, whether a mount it made under
+/// the bind (`rshared`) shows on the host).
+fn propagation_seen(rt: &Runtime, mode: &str) -> (Vec<String>, bool, bool) {
+    let out = TempDir::new("pr-out");
+    let source = TempDir::new("pr-src");
+    std::fs::create_dir(source.path().join("sub")).expect("mkdir sub");
+    let mut b = bundle_with(&[
+        "sh",
+        "-c",
+        "awk '$5 == \"/\" { for (i = 7; $i != \"-\"; i++) print $i }' /proc/self/mountinfo > /out/tags; \
+         cat /tmp/hello > /out/saw 2>/dev/null; \
+         mount -t tmpfs inside /shared/sub; echo done > /out/done",
+    ]);
+    b.config["linux"]["rootfsPropagation"] = json!(mode);
+    for set in ["bounding", "effective", "permitted"] {
+        b.config["process"]["capabilities"][set]
+            .as_array_mut()
+            .expect("capability set")
+            .push(json!("CAP_SYS_ADMIN"));
+    }
+    b.config["mounts"].as_array_mut().expect("mounts").push(
+        json!({"destination": "/shared", "type": "bind", "source": source.path(), "options": ["rbind", "rshared"]}),
+    );
+    bind_rw(&mut b, out.path(), "/out");
+    b.write();
+    let rootfs_shared = SharedBind::new(&b.rootfs());
+    let source_shared = SharedBind::new(source.path());
+    let id = unique("pr");
+    let (code, err) = rt.create(&b, &id);
+    assert_eq!(code, 0, "{} {mode}: create: {err}", rt.name);
+    // The container's mount namespace exists now: mount on the host, under its rootfs.
+    let host_tmp = b.rootfs().join("tmp");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &host_tmp,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .expect("host tmpfs under the rootfs");
+    std::fs::write(host_tmp.join("hello"), "from the host\n").expect("write hello");
+    rt.ok(&["start", &id]);
+    assert!(
+        wait_until(10, || out.path().join("done").exists()),
+        "{} {mode}: the container did not finish",
+        rt.name
+    );
+    let tags = std::fs::read_to_string(out.path().join("tags"))
+        .unwrap_or_default()
+        .lines()
+        .map(|t| t.split(':').next().unwrap_or_default().to_owned())
+        .collect();
+    let saw = std::fs::read_to_string(out.path().join("saw")).unwrap_or_default() != "";
+    let host_sees = !mounts_under(&source.path().join("sub")).is_empty();
+    let _ = rt.out(&["delete", "--force", &id]);
+    drop(source_shared);
+    drop(rootfs_shared);
+    (tags, saw, host_sees)
+}
+
+/// The propagation tags of `/` in a container with `rootfsPropagation: mode` and no bind
+/// mounts (crun makes every mount unbindable for `unbindable`, then cannot bind anything).
+fn root_tags(rt: &Runtime, mode: &str) -> (i32, String) {
+    let mut b = bundle_with(&[
+        "awk",
+        "$5 == \"/\" { for (i = 7; $i != \"-\"; i++) { split($i, t, \":\"); print t[1] } }",
+        "/proc/self/mountinfo",
+    ]);
+    b.config["linux"]["rootfsPropagation"] = json!(mode);
+    b.write();
+    let (code, out, err) = rt.run(&b);
+    assert_eq!(code, 0, "{} {mode}: {err}", rt.name);
+    (code, out)
+}
+
+#[test]
+fn rootfs_propagation_applies_to_the_container_root() {
+    let modes = ["shared", "slave", "private"];
+    let [crun, nestbox] = in_mount_namespace(CgroupLayout::V1, move || {
+        [Runtime::crun(), Runtime::nestbox()].map(|rt| {
+            let seen = modes.map(|m| propagation_seen(&rt, m));
+            (seen, root_tags(&rt, "unbindable"))
+        })
+    });
+    let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (i, mode) in modes.iter().enumerate() {
+        if *mode != "slave" {
+            assert_eq!(nestbox.0[i], crun.0[i], "{mode}: nestbox differs from crun");
+        }
+    }
+    assert_eq!(nestbox.0[0], (tags(&["shared"]), false, true), "shared");
+    assert_eq!(nestbox.0[2], (tags(&[]), false, true), "private");
+    assert_eq!(nestbox.1, crun.1, "unbindable: nestbox differs from crun");
+    assert_eq!(nestbox.1, (0, "unbindable\n".to_string()), "unbindable");
+    // The spec: "slave: the rootfs mount receives propagation events from the host (e.g. if
+    // something is mounted on the host it will also appear in the container) but not the
+    // other way around". crun leaves the root private here (no tag, the host's mount unseen).
+    assert_eq!(nestbox.0[1], (tags(&["master"]), true, true), "slave");
+    assert_eq!(crun.0[1], (tags(&[]), false, true), "crun's slave");
+}
