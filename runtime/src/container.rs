@@ -227,7 +227,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             Message::Ready => break,
             Message::NamespacesReady => {
                 let hooks = state.hooks.as_ref();
-                let json = state.oci_json(Status::Creating);
+                let json = state.oci_json(Status::Created);
                 crate::hooks::run("prestart", hooks.and_then(|h| h.prestart().as_ref()), &json)?;
                 crate::hooks::run(
                     "createRuntime",

@@ -696,3 +696,116 @@ fn rootfs_propagation_applies_to_the_container_root() {
     assert_eq!(nestbox.0[1], (tags(&["master"]), true, true), "slave");
     assert_eq!(crun.0[1], (tags(&[]), false, true), "crun's slave");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. Hooks
+// ---------------------------------------------------------------------------------------------
+
+/// What the hooks of one `run` saw: each recording hook's (status, pid relation) in order of
+/// name, the container's command line as poststart saw it, and the run's exit code.
+#[derive(Debug, PartialEq)]
+struct HooksSeen {
+    code: i32,
+    states: Vec<(String, String, String)>,
+    poststart_cmdline: String,
+}
+
+fn hooks_seen(rt: &Runtime) -> HooksSeen {
+    let out = TempDir::new("hk-out");
+    let d = out.path().display().to_string();
+    let record = |file: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!(
+            "cat > {file}.json; pid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p' {file}.json); \
+             tr '\\0' ' ' < /proc/$pid/cmdline > {file}.cmdline 2>/dev/null; true"
+        )]})
+    };
+    let fail = json!({"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]});
+    let mut b = bundle_with(&["sleep", "0.5"]);
+    bind_rw(&mut b, out.path(), "/out");
+    b.config["hooks"] = json!({
+        "prestart": [record(&format!("{d}/prestart"))],
+        "createRuntime": [record(&format!("{d}/createRuntime"))],
+        // Before pivot_root: host paths still resolve.
+        "createContainer": [record(&format!("{d}/createContainer"))],
+        // After pivot_root: inside the container.
+        "startContainer": [record("/out/startContainer")],
+        "poststart": [fail.clone(), record(&format!("{d}/poststart"))],
+        "poststop": [fail, record(&format!("{d}/poststop"))],
+    });
+    b.write();
+    let (code, _, err) = rt.run(&b);
+    assert_eq!(code, 0, "{}: {err}", rt.name);
+    let read = |name: &str| std::fs::read_to_string(out.path().join(name)).unwrap_or_default();
+    let host_pid = read("prestart.json")
+        .parse::<serde_json::Value>()
+        .ok()
+        .and_then(|s| s["pid"].as_i64())
+        .unwrap_or(-1);
+    let states = [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ]
+    .iter()
+    .map(|name| {
+        let state: serde_json::Value =
+            serde_json::from_str(&read(&format!("{name}.json"))).unwrap_or_default();
+        let pid = match state["pid"].as_i64() {
+            None => "none".to_string(),
+            Some(0) => "0".to_string(),
+            Some(1) => "1".to_string(),
+            Some(p) if p == host_pid => "host".to_string(),
+            Some(p) => format!("other {p}"),
+        };
+        (
+            name.to_string(),
+            state["status"]
+                .as_str()
+                .unwrap_or("did not run")
+                .to_string(),
+            pid,
+        )
+    })
+    .collect();
+    HooksSeen {
+        code,
+        states,
+        poststart_cmdline: read("poststart.cmdline"),
+    }
+}
+
+#[test]
+fn hooks_run_after_failures_poststart_after_exec_with_spec_statuses() {
+    let [crun, nestbox] = in_mount_namespace(CgroupLayout::V1, || {
+        [Runtime::crun(), Runtime::nestbox()].map(|rt| hooks_seen(&rt))
+    });
+    let s = |name: &str, status: &str, pid: &str| (name.into(), status.into(), pid.into());
+    assert_eq!(
+        nestbox,
+        HooksSeen {
+            code: 0,
+            states: vec![
+                s("prestart", "created", "host"),
+                s("createRuntime", "created", "host"),
+                s("createContainer", "created", "1"),
+                s("startContainer", "created", "1"),
+                s("poststart", "running", "host"),
+                s("poststop", "stopped", "0"),
+            ],
+            poststart_cmdline: "sleep 0.5 ".into(),
+        },
+        "crun: {crun:?}"
+    );
+    // Where crun follows the spec: the runtime-side hooks, the failures passed over, the
+    // process already executed when poststart runs. (crun's startContainer says "starting",
+    // a status the spec does not define for it, with pid 0.)
+    let runtime_side = |h: &HooksSeen| {
+        let mut st = h.states.clone();
+        st.retain(|(n, _, _)| !n.ends_with("Container"));
+        (h.code, st, h.poststart_cmdline.clone())
+    };
+    assert_eq!(runtime_side(&nestbox), runtime_side(&crun));
+}

@@ -87,6 +87,8 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
             state_json: state_json.clone(),
             pid: None,
         });
+    // createContainer and startContainer run in the container's namespaces: their pid is ours.
+    let hook_state = crate::hooks::state_in_container(&state_json);
 
     // No mount namespace in the spec: the container's mounts go into the runtime's own, all
     // on the rootfs bind; until `Ready`, a failure detaches that bind (and with it the rest).
@@ -106,7 +108,7 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     crate::hooks::run(
         "createContainer",
         hooks.and_then(|h| h.create_container().as_ref()),
-        &state_json,
+        &hook_state,
     )?;
     rootfs::enter(config.rootfs, config.no_pivot, shares_runtime_mounts)?;
     if shares_runtime_mounts {
@@ -147,7 +149,7 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     let started = crate::hooks::run(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),
-        &state_json,
+        &hook_state,
     );
     let err = match started.and_then(|()| {
         finalize(
