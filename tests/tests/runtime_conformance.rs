@@ -809,3 +809,85 @@ fn hooks_run_after_failures_poststart_after_exec_with_spec_statuses() {
     };
     assert_eq!(runtime_side(&nestbox), runtime_side(&crun));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Device cgroup rules in the config's order
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn v1_devices_list_follows_the_config_order() {
+    let bundle = || {
+        let mut b = bundle_with(&["cat", "/sys/fs/cgroup/devices/devices.list"]);
+        b.config["linux"]["resources"]["devices"] = json!([
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"}
+        ]);
+        b.write();
+        b
+    };
+    let [crun, nestbox_v1] = in_mount_namespace(CgroupLayout::V1, move || {
+        [Runtime::crun(), Runtime::nestbox()].map(|rt| rt.run(&bundle()))
+    });
+    let nestbox_host = in_mount_namespace(CgroupLayout::Host, move || {
+        Runtime::nestbox().run(&bundle())
+    });
+    assert_eq!(crun.0, 0, "crun: {}", crun.2);
+    for (layout, nb) in [("v1", nestbox_v1), ("host", nestbox_host)] {
+        assert_eq!(
+            (nb.0, &nb.1),
+            (0, &crun.1),
+            "{layout}: nestbox differs from crun: {}",
+            nb.2
+        );
+    }
+    let first: Vec<&str> = crun.1.lines().take(2).collect();
+    assert_eq!(first, ["c 10:229 rwm", "c *:* m"], "{}", crun.1);
+}
+
+/// Opening /dev/fuse for reading and for writing under an order-sensitive rule list.
+fn fuse_access(rt: &Runtime, rules: serde_json::Value) -> (i32, String) {
+    let mut b = bundle_with(&[
+        "sh",
+        "-c",
+        "(exec 3< /dev/fuse) 2>/dev/null && echo r; (exec 3> /dev/fuse) 2>/dev/null && echo w; \
+         (exec 3> /dev/null) && echo null",
+    ]);
+    b.config["linux"]["devices"] =
+        json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}]);
+    b.config["linux"]["resources"]["devices"] = rules;
+    b.write();
+    let (code, out, err) = rt.run(&b);
+    assert_eq!(code, 0, "{}: {err}", rt.name);
+    (code, out)
+}
+
+#[test]
+fn v2_device_program_applies_the_rules_in_order() {
+    let cases = [
+        // Allowed, then write taken back: read only.
+        (
+            json!([
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+                {"allow": false, "type": "c", "major": 10, "minor": 229, "access": "w"}
+            ]),
+            "r\nnull\n",
+        ),
+        // A later deny-all resets what came before; the default devices still follow.
+        (
+            json!([
+                {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+                {"allow": false, "access": "rwm"}
+            ]),
+            "null\n",
+        ),
+    ];
+    for (rules, expect) in cases {
+        let r = rules.clone();
+        let [runc, nestbox] = in_mount_namespace(CgroupLayout::V2, move || {
+            [Runtime::runc(), Runtime::nestbox()].map(|rt| fuse_access(&rt, r.clone()))
+        });
+        assert_eq!(nestbox, runc, "{rules}: nestbox differs from runc");
+        assert_eq!(nestbox, (0, expect.to_string()), "{rules}");
+    }
+}
