@@ -385,6 +385,30 @@ fn no_mount_namespace_still_honours_a_read_only_root_and_exec() {
 }
 
 #[test]
+fn no_mount_namespace_failed_create_leaves_no_mount() {
+    in_mount_namespace(CgroupLayout::Host, || {
+        let nb = Runtime::nestbox();
+        let before = mounts_under(Path::new("/")).len();
+        // The /proc mount and more are made before the bad one fails.
+        let mut b = bundle_with(&["true"]);
+        without_namespace(&mut b, "mount");
+        bind_rw(&mut b, Path::new("/nonexistent-nestbox-source"), "/data");
+        b.write();
+        let id = unique("nf");
+        let (code, err) = nb.create(&b, &id);
+        assert_eq!(code, 1, "create must fail");
+        assert!(err.contains("nonexistent-nestbox-source"), "{err}");
+        assert!(
+            mounts_under(&b.rootfs()).is_empty(),
+            "{:?}",
+            mounts_under(&b.rootfs())
+        );
+        assert_eq!(mounts_under(Path::new("/")).len(), before);
+        assert_eq!(nb.status(&id), "absent");
+    });
+}
+
+#[test]
 fn mount_namespace_joined_by_path() {
     let [crun, nestbox] = in_mount_namespace(CgroupLayout::V1, || {
         [Runtime::crun(), Runtime::nestbox()].map(|rt| {
