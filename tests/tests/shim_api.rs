@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use containerd_shim_protos::api::{
-    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
-    ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StateRequest, StatsRequest,
-    Status, WaitRequest,
+    CloseIORequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest,
+    PauseRequest, PidsRequest, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StateRequest, StatsRequest, Status, UpdateTaskRequest, WaitRequest,
 };
 use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -192,6 +192,24 @@ fn exec_spec(args: &[&str]) -> Any {
     any
 }
 
+/// The memory limit of a process's v1 memory cgroup (this host's memory controller is v1).
+fn memory_limit(pid: u32) -> Option<u64> {
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cg.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_owned())
+    })?;
+    fs::read_to_string(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn lifecycle(runtime: Option<&Path>) {
     let h = Harness::new();
     let id = unique("api");
@@ -271,6 +289,95 @@ fn lifecycle(runtime: Option<&Path>) {
         },
     )
     .expect("delete exec");
+
+    // An exec reading stdin from a FIFO until CloseIO ends it.
+    let fifo = h.dir.path().join(format!("{id}.stdin"));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let exec = ExecProcessRequest {
+        id: id.clone(),
+        exec_id: "cat".into(),
+        stdin: fifo.display().to_string(),
+        stdout: format!("file://{}", out.display()),
+        spec: Some(exec_spec(&["sh", "-c", "cat; echo cat-saw-eof"])).into(),
+        ..Default::default()
+    };
+    t.exec(ctx(), &exec).expect("exec cat");
+    t.start(
+        ctx(),
+        &StartRequest {
+            id: id.clone(),
+            exec_id: "cat".into(),
+            ..Default::default()
+        },
+    )
+    .expect("start cat");
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("open stdin FIFO");
+    std::io::Write::write_all(&mut writer, b"piped-through-stdin\n").expect("write stdin");
+    assert!(
+        wait_until(10, || fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("piped-through-stdin")),
+        "stdin reached the exec"
+    );
+    t.close_io(
+        ctx(),
+        &CloseIORequest {
+            id: id.clone(),
+            exec_id: "cat".into(),
+            stdin: true,
+            ..Default::default()
+        },
+    )
+    .expect("close io");
+    let waited = t
+        .wait(
+            ctx(),
+            &WaitRequest {
+                id: id.clone(),
+                exec_id: "cat".into(),
+                ..Default::default()
+            },
+        )
+        .expect("wait cat");
+    assert_eq!(waited.exit_status, 0);
+    assert!(
+        wait_until(10, || fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("cat-saw-eof")),
+        "CloseIO gave the exec EOF"
+    );
+    drop(writer);
+    t.delete(
+        ctx(),
+        &DeleteRequest {
+            id: id.clone(),
+            exec_id: "cat".into(),
+            ..Default::default()
+        },
+    )
+    .expect("delete cat");
+
+    // Update: a new memory limit reaches the container's cgroup.
+    let mut resources = Any::new();
+    resources.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    resources.value = serde_json::to_vec(&json!({"memory": {"limit": 96 << 20}})).expect("json");
+    t.update(
+        ctx(),
+        &UpdateTaskRequest {
+            id: id.clone(),
+            resources: Some(resources).into(),
+            ..Default::default()
+        },
+    )
+    .expect("update");
+    assert_eq!(
+        memory_limit(created.pid),
+        Some(96 << 20),
+        "the limit was applied"
+    );
 
     let pids = t
         .pids(
@@ -376,6 +483,9 @@ fn lifecycle(runtime: Option<&Path>) {
             "/tasks/exec-added",
             "/tasks/exec-started",
             "/tasks/exit",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
             "/tasks/paused",
             "/tasks/resumed",
             "/tasks/exit",
@@ -388,8 +498,9 @@ fn lifecycle(runtime: Option<&Path>) {
         (exits[0].id.as_str(), exits[0].pid, exits[0].exit_status),
         ("e1", epid, 5)
     );
+    assert_eq!((exits[1].id.as_str(), exits[1].exit_status), ("cat", 0));
     assert_eq!(
-        (exits[1].id.as_str(), exits[1].exit_status),
+        (exits[2].id.as_str(), exits[2].exit_status),
         (id.as_str(), 137)
     );
     let started: Vec<TaskExecStarted> = h.events_of("/tasks/exec-started");
