@@ -270,10 +270,16 @@ impl Inner {
         if id.is_empty() {
             return Err(Error::InvalidArgument("container id is empty".to_owned()));
         }
-        if lock(&self.containers).contains_key(&id) || !lock(&self.creating).insert(id.clone()) {
-            return Err(Error::AlreadyExists(format!(
-                "container {id} already exists"
-            )));
+        {
+            // The id is reserved while its Create runs; it moves to `containers` before the
+            // reservation ends, so one of the two always holds it.
+            let mut creating = lock(&self.creating);
+            if creating.contains(&id) || lock(&self.containers).contains_key(&id) {
+                return Err(Error::AlreadyExists(format!(
+                    "container {id} already exists"
+                )));
+            }
+            creating.insert(id.clone());
         }
         let res = self.create_reserved(&req);
         lock(&self.creating).remove(&id);
