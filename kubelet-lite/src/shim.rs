@@ -149,10 +149,8 @@ impl Shims {
             .arg("-id")
             .arg(id)
             .current_dir(cwd)
-            .env(
-                "TTRPC_ADDRESS",
-                format!("unix://{}", self.events_socket.display()),
-            )
+            // A plain socket path, as containerd passes it.
+            .env("TTRPC_ADDRESS", &self.events_socket)
             .env("GRPC_ADDRESS", &self.address)
             .env("NAMESPACE", NAMESPACE)
             .stdin(std::process::Stdio::null());
