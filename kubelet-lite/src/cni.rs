@@ -418,6 +418,25 @@ impl Cni {
         Ok(())
     }
 
+    /// Bring `lo` up in the pod's netns with the loopback plugin (`loopback`, else
+    /// `nestbox-loopback`, from the bin dirs), as containerd's CRI plugin does besides the
+    /// configured network.
+    pub async fn loopback(&self, rt: &RuntimeConf) -> Result<(), CniError> {
+        let ty = ["loopback", "nestbox-loopback"]
+            .into_iter()
+            .find(|t| self.find_plugin(t).is_ok())
+            .ok_or_else(|| CniError::PluginNotFound {
+                plugin: "loopback".into(),
+                path: self.cni_path(),
+            })?;
+        let conf = json!({"cniVersion": "0.3.1", "name": "cni-loopback", "type": ty});
+        let rt = RuntimeConf {
+            ifname: "lo".into(),
+            ..rt.clone()
+        };
+        self.exec("ADD", &conf, &conf, &rt).await.map(|_| ())
+    }
+
     /// CHECK (CNI ≥ 0.4.0, unless the list disables it) against the cached result.
     pub async fn check(&self, net_name: &str, rt: &RuntimeConf) -> Result<(), CniError> {
         let Some((net, prev)) = self.cached(net_name, rt) else {

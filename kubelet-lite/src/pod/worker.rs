@@ -624,6 +624,11 @@ impl Worker {
             self.watch_exit(&addr, &id);
             if let Some(net) = &net {
                 let rt = self.runtime_conf(&id, pid);
+                self.ctx
+                    .cni
+                    .loopback(&rt)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let result = self
                     .ctx
                     .cni
