@@ -316,6 +316,11 @@ impl Nestlet {
         }
     }
 
+    /// nestlet's pid (nsenter execs it, so it is the child's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
