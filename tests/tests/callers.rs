@@ -1,177 +1,18 @@
 //! Real callers drive the runtime: Debian's containerd 1.6 (through its runc-v2 shim with
-//! `--runc-binary`) and podman 4.3 (`--runtime`). Each case runs with runc (the reference the
-//! callers were built for) and with nestbox, expecting the same outcome.
+//! `--runc-binary`, and through our shim, `--runtime io.containerd.nestbox.v2`) and podman 4.3
+//! (`--runtime`). Each case runs with runc (the reference the callers were built for) and with
+//! nestbox, expecting the same outcome.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use nestbox_tests::{
-    bin, busybox_rootfs, require_cmd, require_root, run, unique, wait_until, TempDir,
+use nestbox_tests::containerd::{
+    bounded, ctr_detached, ctr_run, rootfs_copy, task_status, Containerd, Shim,
 };
+use nestbox_tests::{bin, require_cmd, require_root, run, unique, wait_until, TempDir};
 
-/// A private containerd: its own root, state, sockets and config under a temp dir; killed and
-/// cleaned up on drop.
-struct Containerd {
-    dir: TempDir,
-    child: Child,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        require_root();
-        let containerd = require_cmd("containerd");
-        require_cmd("ctr");
-        require_cmd("containerd-shim-runc-v2");
-        let dir = TempDir::new("ctrd");
-        let d = dir.path();
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[debug]
-  level = "info"
-"#,
-            d = d.display()
-        );
-        fs::write(d.join("config.toml"), config).expect("write containerd config");
-        let log = fs::File::create(d.join("containerd.log")).expect("log file");
-        let child = Command::new(containerd)
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
-        let c = Containerd { dir, child };
-        let up = wait_until(30, || {
-            c.ctr()
-                .arg("version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        assert!(up, "containerd did not come up: {}", c.log());
-        c
-    }
-
-    fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(self.dir.path().join("containerd.sock"))
-            .arg("--namespace")
-            .arg("nestbox-test");
-        c
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A writable copy of the busybox rootfs (ctr and podman mount or use it in place).
-fn rootfs_copy(dir: &Path) -> PathBuf {
-    let dest = dir.join("rootfs");
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(busybox_rootfs())
-        .arg(&dest)
-        .output()
-        .expect("cp");
-    assert!(
-        out.status.success(),
-        "copy rootfs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dest
-}
-
-/// `ctr run` with the runtime as the runc-v2 shim's BinaryName, a plain rootfs and PATH set
-/// (a rootfs without an image config has no environment).
-fn ctr_run(
-    ctrd: &Containerd,
-    work: &Path,
-    runtime: &Path,
-    rootfs: &Path,
-    flags: &[&str],
-) -> Command {
-    let mut c = ctrd.ctr();
-    c.arg("run")
-        .arg("--fifo-dir")
-        .arg(work.join("fifo"))
-        .args(["--env", "PATH=/bin"])
-        .arg("--runc-binary")
-        .arg(runtime)
-        .args(flags)
-        .arg("--rootfs")
-        .arg(rootfs);
-    c
-}
-
-/// Bound every peer command: a hang becomes a failure, not a stuck CI.
-fn bounded(mut c: Command, secs: u32) -> Command {
-    let mut t = Command::new("timeout");
-    t.arg("-k")
-        .arg("5")
-        .arg(secs.to_string())
-        .arg(c.get_program());
-    t.args(c.get_args());
-    for (k, v) in c.get_envs() {
-        if let Some(v) = v {
-            t.env(k, v);
-        }
-    }
-    let _ = &mut c;
-    t
-}
-
-/// The task's status column in `ctr task ls` (RUNNING, PAUSED, STOPPED), if listed.
-fn task_status(ctrd: &Containerd, id: &str) -> Option<String> {
-    let (_, out, _) = run(ctrd.ctr().args(["task", "ls"]));
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
-}
-
-/// A detached task running `sleep 300`; returns its id once RUNNING.
-fn ctr_detached(ctrd: &Containerd, work: &Path, runtime: &Path, rootfs: &Path) -> String {
-    let id = unique("ctd");
-    let (code, out, err) = run(&mut bounded(
-        {
-            let mut c = ctr_run(ctrd, work, runtime, rootfs, &["-d"]);
-            c.arg(&id).args(["sleep", "300"]);
-            c
-        },
-        60,
-    ));
-    assert_eq!(
-        code,
-        0,
-        "ctr run -d: {out} {err}; containerd log:\n{}",
-        ctrd.log()
-    );
-    assert!(
-        wait_until(30, || task_status(ctrd, &id).as_deref() == Some("RUNNING")),
-        "task {id} not RUNNING"
-    );
-    id
-}
-
-fn containerd_runs(runtime: &Path) {
+fn containerd_runs(shim: Shim) {
     let ctrd = Containerd::start();
     let work = TempDir::new("ctrrun");
     let rootfs = rootfs_copy(work.path());
@@ -185,8 +26,7 @@ fn containerd_runs(runtime: &Path) {
         .arg(&fifo_dir)
         .arg("--env")
         .arg("PATH=/bin")
-        .arg("--runc-binary")
-        .arg(runtime)
+        .args(shim.flags())
         .arg("--rootfs")
         .arg(&rootfs)
         .arg(&id)
@@ -212,8 +52,7 @@ fn containerd_runs(runtime: &Path) {
         .arg(&fifo_dir)
         .arg("--env")
         .arg("PATH=/bin")
-        .arg("--runc-binary")
-        .arg(runtime)
+        .args(shim.flags())
         .arg("--rootfs")
         .arg(&rootfs)
         .arg(&id)
@@ -245,11 +84,11 @@ fn containerd_runs(runtime: &Path) {
 }
 
 /// exec (attached and detached), pause/resume, metrics, ps and kill through containerd.
-fn containerd_task_operations(runtime: &Path) {
+fn containerd_task_operations(shim: Shim) {
     let ctrd = Containerd::start();
     let work = TempDir::new("ctrops");
     let rootfs = rootfs_copy(work.path());
-    let id = ctr_detached(&ctrd, work.path(), runtime, &rootfs);
+    let id = ctr_detached(&ctrd, work.path(), shim, &rootfs);
 
     let (code, out, err) = run(&mut bounded(
         {
@@ -317,7 +156,7 @@ fn containerd_task_operations(runtime: &Path) {
 }
 
 /// `ctr run -t` and `ctr task exec -t` with a pty driven by `script`.
-fn containerd_tty(runtime: &Path) {
+fn containerd_tty(shim: Shim) {
     require_cmd("script");
     let ctrd = Containerd::start();
     let work = TempDir::new("ctrtty");
@@ -326,13 +165,18 @@ fn containerd_tty(runtime: &Path) {
     let ctr_line = |extra: &str| {
         format!(
             "ctr --address {sock} --namespace nestbox-test {extra}",
-            sock = ctrd.dir.path().join("containerd.sock").display()
+            sock = ctrd.socket().display()
         )
     };
     let run_line = ctr_line(&format!(
-        "run --rm -t --fifo-dir {fifo} --env PATH=/bin --runc-binary {rt} --rootfs {rootfs} {id} sh -c 'tty; test -t 0 && echo stdin-is-tty; exit 4'",
+        "run --rm -t --fifo-dir {fifo} --env PATH=/bin {shim} --rootfs {rootfs} {id} sh -c 'tty; test -t 0 && echo stdin-is-tty; exit 4'",
         fifo = work.path().join("fifo").display(),
-        rt = runtime.display(),
+        shim = shim
+            .flags()
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
         rootfs = rootfs.display()
     ));
     let (code, out, err) = run(Command::new("timeout").args([
@@ -351,7 +195,7 @@ fn containerd_tty(runtime: &Path) {
     );
     assert!(out.contains("stdin-is-tty"), "stdin is the pty: {out}");
 
-    let id = ctr_detached(&ctrd, work.path(), runtime, &rootfs);
+    let id = ctr_detached(&ctrd, work.path(), shim, &rootfs);
     let exec_line = ctr_line(&format!(
         "task exec -t --exec-id t1 {id} sh -c 'tty; exit 5'"
     ));
@@ -376,14 +220,14 @@ fn containerd_tty(runtime: &Path) {
 
 /// containerd's default seccomp profile: unshare and mount are refused, ls works; a memory limit
 /// kills an allocating process (137).
-fn containerd_seccomp_and_oom(runtime: &Path) {
+fn containerd_seccomp_and_oom(shim: Shim) {
     let ctrd = Containerd::start();
     let work = TempDir::new("ctrsec");
     let rootfs = rootfs_copy(work.path());
     let script = "ls / >/dev/null && echo ls-ok; unshare -U true 2>&1; echo unshare=$?; mount -t tmpfs none /tmp 2>&1; echo mount=$?";
     let (code, out, err) = run(&mut bounded(
         {
-            let mut c = ctr_run(&ctrd, work.path(), runtime, &rootfs, &["--rm", "--seccomp"]);
+            let mut c = ctr_run(&ctrd, work.path(), shim, &rootfs, &["--rm", "--seccomp"]);
             c.arg(unique("cts")).args(["sh", "-c", script]);
             c
         },
@@ -403,7 +247,7 @@ fn containerd_seccomp_and_oom(runtime: &Path) {
             let mut c = ctr_run(
                 &ctrd,
                 work.path(),
-                runtime,
+                shim,
                 &rootfs,
                 &["--rm", "--memory-limit", "16777216"],
             );
@@ -417,42 +261,62 @@ fn containerd_seccomp_and_oom(runtime: &Path) {
 
 #[test]
 fn containerd_task_operations_with_runc() {
-    containerd_task_operations(&require_cmd("runc"));
+    containerd_task_operations(Shim::RuncV2(&require_cmd("runc")));
 }
 
 #[test]
 fn containerd_task_operations_with_nestbox() {
-    containerd_task_operations(&bin("nestbox"));
+    containerd_task_operations(Shim::RuncV2(&bin("nestbox")));
 }
 
 #[test]
 fn containerd_tty_with_runc() {
-    containerd_tty(&require_cmd("runc"));
+    containerd_tty(Shim::RuncV2(&require_cmd("runc")));
 }
 
 #[test]
 fn containerd_tty_with_nestbox() {
-    containerd_tty(&bin("nestbox"));
+    containerd_tty(Shim::RuncV2(&bin("nestbox")));
 }
 
 #[test]
 fn containerd_seccomp_and_oom_with_runc() {
-    containerd_seccomp_and_oom(&require_cmd("runc"));
+    containerd_seccomp_and_oom(Shim::RuncV2(&require_cmd("runc")));
 }
 
 #[test]
 fn containerd_seccomp_and_oom_with_nestbox() {
-    containerd_seccomp_and_oom(&bin("nestbox"));
+    containerd_seccomp_and_oom(Shim::RuncV2(&bin("nestbox")));
 }
 
 #[test]
 fn containerd_runs_containers_with_runc() {
-    containerd_runs(&require_cmd("runc"));
+    containerd_runs(Shim::RuncV2(&require_cmd("runc")));
 }
 
 #[test]
 fn containerd_runs_containers_with_nestbox() {
-    containerd_runs(&bin("nestbox"));
+    containerd_runs(Shim::RuncV2(&bin("nestbox")));
+}
+
+#[test]
+fn containerd_task_operations_with_nestbox_shim() {
+    containerd_task_operations(Shim::Nestbox);
+}
+
+#[test]
+fn containerd_tty_with_nestbox_shim() {
+    containerd_tty(Shim::Nestbox);
+}
+
+#[test]
+fn containerd_seccomp_and_oom_with_nestbox_shim() {
+    containerd_seccomp_and_oom(Shim::Nestbox);
+}
+
+#[test]
+fn containerd_runs_containers_with_nestbox_shim() {
+    containerd_runs(Shim::Nestbox);
 }
 
 /// podman with private storage, cgroupfs, file events, and the containers.conf ulimits fix

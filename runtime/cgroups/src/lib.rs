@@ -278,6 +278,20 @@ fn v2_controllers(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Where a cgroup path as /proc/<pid>/cgroup shows it lies under a mount of its hierarchy. A
+/// bind of a sub-tree shows its root in mountinfo; the process's path is relative to the
+/// hierarchy, so that root is stripped.
+fn mount_dir(m: &mountinfo::CgroupMount, path: &str) -> PathBuf {
+    let inside = if m.root == "/" {
+        path
+    } else {
+        path.strip_prefix(m.root.as_str()).unwrap_or(path)
+    };
+    let mut dir = m.mount_point.clone();
+    dir.extend(inside.split('/').filter(|c| !c.is_empty() && *c != ".."));
+    dir
+}
+
 /// The rmdir retry budget while tasks drain out of a cgroup.
 const REMOVE_ATTEMPTS: u32 = 20;
 const REMOVE_WAIT: Duration = Duration::from_millis(50);
@@ -341,16 +355,7 @@ impl Cgroup {
                                 }
                             });
                         }
-                        // A bind of a sub-tree shows its root in mountinfo; the process's path
-                        // is relative to the hierarchy, so strip that root.
-                        let inside = if m.root == "/" {
-                            own
-                        } else {
-                            own.strip_prefix(m.root.as_str()).unwrap_or(own)
-                        };
-                        let mut base = m.mount_point.clone();
-                        base.extend(inside.split('/').filter(|c| !c.is_empty() && *c != ".."));
-                        (base, c)
+                        (mount_dir(m, own), c)
                     }
                 };
                 let mut dir = base;
@@ -365,6 +370,43 @@ impl Cgroup {
                     mount_point: m.mount_point.clone(),
                     dir,
                 }
+            })
+            .collect();
+        Ok(Cgroup {
+            layout,
+            hierarchies,
+        })
+    }
+
+    /// The cgroup a running process is in, in every mounted hierarchy (from /proc/<pid>/cgroup),
+    /// whoever created it: what a shim needs for statistics and OOM events of a container that
+    /// any runc-compatible runtime started.
+    pub fn of_pid(pid: u32) -> Result<Cgroup, Error> {
+        let mountinfo = read_proc("/proc/self/mountinfo")?;
+        let procs = read_proc(&format!("/proc/{pid}/cgroup"))?;
+        Self::of_process_from(&mountinfo, &procs, v2_controllers)
+    }
+
+    /// [`Cgroup::of_pid`] on given mountinfo and /proc/<pid>/cgroup texts (for tests).
+    pub fn of_process_from(
+        mountinfo_text: &str,
+        proc_cgroup_text: &str,
+        controllers_of: impl Fn(&Path) -> Vec<String>,
+    ) -> Result<Cgroup, Error> {
+        let mounts = mountinfo::parse_mountinfo(mountinfo_text);
+        let layout = mountinfo::layout_of(&mounts).ok_or(Error::NoCgroupMount)?;
+        let procs = mountinfo::parse_proc_cgroup(proc_cgroup_text);
+        let hierarchies = mounts
+            .iter()
+            .map(|m| Hierarchy {
+                v2: m.v2,
+                controllers: if m.v2 {
+                    controllers_of(&m.mount_point)
+                } else {
+                    m.controllers.clone()
+                },
+                mount_point: m.mount_point.clone(),
+                dir: mount_dir(m, mountinfo::own_path(m, &procs)),
             })
             .collect();
         Ok(Cgroup {

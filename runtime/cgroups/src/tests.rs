@@ -161,3 +161,26 @@ fn serde_round_trip() -> Result<(), Error> {
     assert_eq!(back, cg);
     Ok(())
 }
+
+#[test]
+fn of_process_takes_each_hierarchy_path_from_proc_cgroup() -> Result<(), Error> {
+    let procs =
+        "4:memory:/k8s/pod1/c1\n1:cpu:/k8s/pod1/c1\n9:name=systemd:/\n6:freezer:/f\n0::/u/c1\n";
+    let cg = Cgroup::of_process_from(HYBRID, procs, hugetlb_only)?;
+    assert_eq!(cg.layout(), Layout::Hybrid);
+    assert_eq!(cg.path("memory"), p("/sys/fs/cgroup/memory/k8s/pod1/c1"));
+    assert_eq!(cg.path("cpu"), p("/sys/fs/cgroup/cpu/k8s/pod1/c1"));
+    assert_eq!(cg.path("freezer"), p("/sys/fs/cgroup/freezer/f"));
+    assert_eq!(cg.path("systemd"), p("/sys/fs/cgroup/systemd"));
+    assert_eq!(cg.path("hugetlb"), p("/sys/fs/cgroup/unified/u/c1"));
+    Ok(())
+}
+
+#[test]
+fn of_process_strips_the_root_of_a_bound_sub_tree() -> Result<(), Error> {
+    let mountinfo = "41 31 0:38 /outer /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n";
+    let cg = Cgroup::of_process_from(mountinfo, "0::/outer/ctr\n", hugetlb_only)?;
+    assert_eq!(cg.layout(), Layout::V2);
+    assert_eq!(cg.path("memory"), p("/sys/fs/cgroup/ctr"));
+    Ok(())
+}
