@@ -174,7 +174,7 @@ fn mknod_whiteout(path: &Path) -> std::io::Result<()> {
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: mknod(2) with a valid NUL-terminated path; creates a 0/0 char device, the
     // overlayfs whiteout.
-    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o000, libc::makedev(0, 0)) };
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -89,7 +89,7 @@ fn capacity(max_pods: u32) -> BTreeMap<String, Quantity> {
     );
     m.insert("pods".into(), Quantity(max_pods.to_string()));
     if let Ok(st) = nix::sys::statvfs::statvfs("/") {
-        let b = st.blocks() as u64 * st.fragment_size() as u64;
+        let b = st.blocks() * st.fragment_size();
         m.insert(
             "ephemeral-storage".into(),
             Quantity(format!("{}Ki", b / 1024)),
