@@ -33,6 +33,8 @@ const BACKOFF_MAX: u64 = 300;
 /// A container that ran this long has its crash backoff reset.
 const BACKOFF_RESET: i128 = 600 * NS;
 const DEFAULT_GRACE: i64 = 30;
+/// How long ErrImagePull shows before the backoff turns it into ImagePullBackOff.
+const PULL_ERROR_SHOWN: i128 = 3 * NS;
 
 struct Worker {
     ctx: Arc<Context>,
@@ -462,7 +464,6 @@ impl Worker {
         if cs.backoff_until <= now {
             return None;
         }
-        let secs = (cs.backoff_until - now) / NS;
         if cs.phase == Phase::Exited {
             // Crashed: from now on waiting (with lastState) until the backoff ends.
             if let Some(t) = cs.exited.take() {
@@ -471,12 +472,17 @@ impl Worker {
             cs.phase = Phase::Waiting;
         }
         if cs.pull_failures > 0 {
-            cs.waiting_reason = "ImagePullBackOff".into();
-            cs.waiting_message = format!(
-                "Back-off pulling image: {}",
-                cs.waiting_message
-                    .trim_start_matches("Back-off pulling image: ")
-            );
+            // ErrImagePull stays visible for a moment after the failure (our own status
+            // patch wakes the worker at once), then the backoff shows as ImagePullBackOff.
+            let failed_at = cs.backoff_until - cs.backoff_secs as i128 * NS;
+            let flip = failed_at + PULL_ERROR_SHOWN;
+            if now < flip {
+                return Some(nanos_to_dur(flip - now));
+            }
+            if cs.waiting_reason != "ImagePullBackOff" {
+                cs.waiting_reason = "ImagePullBackOff".into();
+                cs.waiting_message = format!("Back-off pulling image: {}", cs.waiting_message);
+            }
         } else if cs.last.is_some() {
             cs.waiting_reason = "CrashLoopBackOff".into();
             cs.waiting_message = format!(
@@ -484,7 +490,6 @@ impl Worker {
                 cs.backoff_secs, self.st.name
             );
         }
-        let _ = secs;
         Some(nanos_to_dur(cs.backoff_until - now))
     }
 
@@ -901,7 +906,7 @@ impl Worker {
                 };
                 cs.backoff_until = now_unix_nanos() + cs.backoff_secs as i128 * NS;
                 // ErrImagePull shows until the next pass turns it into ImagePullBackOff.
-                Some(Duration::from_secs(if pull { 2 } else { cs.backoff_secs }))
+                Some(Duration::from_secs(if pull { 3 } else { cs.backoff_secs }))
             }
         };
         if init {
