@@ -640,7 +640,7 @@ impl ImageStore {
             let ann = &desc["annotations"];
             let mut desc = desc.clone();
             // An index inside: take its linux/amd64 (or first) manifest.
-            let mut mt = desc["mediaType"].as_str().unwrap_or("").to_string();
+            let mt = desc["mediaType"].as_str().unwrap_or("").to_string();
             if mt.contains("index") || mt.contains("manifest.list") {
                 let inner = read_json(blob(desc["digest"].as_str().unwrap_or("")))?;
                 let list = inner["manifests"].as_array().cloned().unwrap_or_default();
@@ -652,9 +652,7 @@ impl ImageStore {
                     .or(list.first())
                     .cloned()
                     .ok_or_else(|| ierr("empty nested index".into()))?;
-                mt = desc["mediaType"].as_str().unwrap_or("").to_string();
             }
-            let _ = mt;
             let manifest_digest = desc["digest"].as_str().unwrap_or("").to_string();
             let mbytes = std::fs::read(blob(&manifest_digest))
                 .map_err(|e| ierr(format!("manifest {manifest_digest}: {e}")))?;

@@ -39,7 +39,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[test]
 #[ignore = "benchmark: run by scripts/bench/pods.sh"]
 fn pods_created_at_once() {
-    let count: usize = std::env::var("PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let count: usize = std::env::var("PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let c = Cluster::start();
     let pod = |name: &str| {
         json!({
@@ -107,20 +110,33 @@ fn pods_created_at_once() {
     let shims = c.n.shim_pids();
     pids.extend(&shims);
     let rss: u64 = pids.iter().map(|p| status_kb(*p, "status", "VmRSS:")).sum();
-    let pss: u64 = pids.iter().map(|p| status_kb(*p, "smaps_rollup", "Pss:")).sum();
+    let pss: u64 = pids
+        .iter()
+        .map(|p| status_kb(*p, "smaps_rollup", "Pss:"))
+        .sum();
     let nestlet_rss = status_kb(nestlet_pid, "status", "VmRSS:");
-    let shim_rss = if shims.is_empty() { 0 } else { status_kb(shims[0], "status", "VmRSS:") };
+    let shim_rss = if shims.is_empty() {
+        0
+    } else {
+        status_kb(shims[0], "status", "VmRSS:")
+    };
 
     let t1 = Instant::now();
     c.cp.kubectl_ok(&["delete", "pods", "-l", "bench=pods", "--wait=false"]);
     let gone = wait_until(120, || {
-        c.cp.kubectl_ok(&["get", "pods", "-l", "bench=pods", "-o", "name"]).trim().is_empty()
+        c.cp.kubectl_ok(&["get", "pods", "-l", "bench=pods", "-o", "name"])
+            .trim()
+            .is_empty()
     });
     let del = t1.elapsed();
     let _ = watch.kill();
     let _ = watch.wait();
 
-    println!("pods: {count} created at once (kubectl apply took {:.2} s), {} Running within 120 s", applied.as_secs_f64(), lat.len());
+    println!(
+        "pods: {count} created at once (kubectl apply took {:.2} s), {} Running within 120 s",
+        applied.as_secs_f64(),
+        lat.len()
+    );
     println!(
         "creation -> Running (watch): p50 {:.3} s  p99 {:.3} s  max {:.3} s   (goal p99 <= 1 s: {:.2}x)",
         percentile(&lat, 50.0),
@@ -138,5 +154,9 @@ fn pods_created_at_once() {
         rss as f64 / 1024.0 / 100.0,
         rss as f64 / 1024.0 / 560.0
     );
-    println!("deletion of all {count} (grace 1 s): {:.2} s{}", del.as_secs_f64(), if gone { "" } else { " (not all gone!)" });
+    println!(
+        "deletion of all {count} (grace 1 s): {:.2} s{}",
+        del.as_secs_f64(),
+        if gone { "" } else { " (not all gone!)" }
+    );
 }

@@ -24,7 +24,6 @@ fn in_cidr(ip: &str, cidr: &str) -> bool {
     u32::from(a) & mask == u32::from(b) & mask
 }
 
-
 fn waiting_reason(p: &Value, i: usize) -> String {
     p["status"]["containerStatuses"][i]["state"]["waiting"]["reason"]
         .as_str()

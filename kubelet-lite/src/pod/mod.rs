@@ -157,7 +157,15 @@ impl Manager {
                         return;
                     }
                 }
-                // A pod already terminal and deleted needs no worker.
+                // A pod that finished before we knew it (its state is gone) is not run again;
+                // one being deleted still gets a worker, to finish the deletion.
+                let terminal = matches!(
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+                if terminal && pod.metadata.deletion_timestamp.is_none() {
+                    return;
+                }
                 let tx = spawn(
                     self.ctx.clone(),
                     *pod,

@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::env::{self, Qos};
+use super::env;
 use super::state::{ContainerState, Phase, PodState, SandboxState, Terminated};
 use super::status;
 use super::volumes::{self, Prepared};
@@ -54,6 +54,8 @@ struct Worker {
     last_status: Option<PodStatus>,
     /// Terminal phase reached and the sandbox released.
     stopped: bool,
+    /// The state as last written.
+    saved: Vec<u8>,
 }
 
 fn uid_of(pod: &Pod) -> String {
@@ -109,6 +111,7 @@ pub fn spawn(
         volumes: None,
         last_status: None,
         stopped: false,
+        saved: Vec::new(),
     };
     tokio::spawn(async move {
         w.run(rx, adopting).await;
@@ -136,9 +139,15 @@ impl Worker {
         self.pod.spec.clone().unwrap_or_default()
     }
 
-    fn save(&self) {
+    /// Persist the state when it changed since the last save.
+    fn save(&mut self) {
+        let bytes = serde_json::to_vec(&self.st).unwrap_or_default();
+        if bytes == self.saved {
+            return;
+        }
         std::fs::create_dir_all(&self.dir).ok();
         self.st.save(&self.dir.join("state.json"));
+        self.saved = bytes;
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, adopting: bool) {
@@ -579,12 +588,8 @@ impl Worker {
             ),
             ("io.kubernetes.cri.sandbox-uid".into(), self.st.uid.clone()),
         ];
-        let q = env::qos(&self.pod);
-        let oom = match q {
-            Qos::Guaranteed | Qos::Burstable => -998,
-            Qos::BestEffort => -998,
-        }
-        .max(self.ctx.oom_floor);
+        // The kubelet's sandbox score, unless this process may not go that low.
+        let oom = (-998).max(self.ctx.oom_floor);
         let sb_spec = spec::sandbox(&SandboxSpec {
             rootfs: &pause.display().to_string(),
             hostname: &self.hostname(),
@@ -810,11 +815,7 @@ impl Worker {
     }
 
     /// Resolve the container's image by its pull policy. Errors are (reason, message).
-    async fn ensure_image(
-        &self,
-        c: &Container,
-        cs: &ContainerState,
-    ) -> Result<ImageRecord, (String, String)> {
+    async fn ensure_image(&self, c: &Container) -> Result<ImageRecord, (String, String)> {
         let image = c.image.clone().unwrap_or_default();
         if let Err(e) = image::parse_reference(&image) {
             return Err((
@@ -838,7 +839,6 @@ impl Worker {
             )),
             _ => {
                 tracing::info!(pod = %self.id(), image = %image, "pulling image");
-                let _ = cs;
                 self.ctx
                     .images
                     .pull(&image, false, None)
@@ -927,7 +927,7 @@ impl Worker {
         let Some(sb) = self.st.sandbox.clone() else {
             return Err(("ContainerCreating".into(), "no sandbox".into()));
         };
-        let rec = self.ensure_image(c, cs).await?;
+        let rec = self.ensure_image(c).await?;
         cs.image_id = rec.repo_digest();
         let img = self
             .ctx

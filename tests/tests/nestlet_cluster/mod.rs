@@ -144,7 +144,6 @@ pub fn ready_condition(node: &Value) -> Value {
         .unwrap_or(Value::Null)
 }
 
-
 pub fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or("")
 }

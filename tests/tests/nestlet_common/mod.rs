@@ -491,14 +491,3 @@ pub fn node_ns(prefix: &str, ip: &str) -> NetNs {
     ns.exec_ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
     ns
 }
-
-/// A pod manifest (JSON) for the busybox image.
-pub fn busybox_pod(name: &str, image: &str, containers: Value) -> Value {
-    let _ = image;
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"containers": containers, "terminationGracePeriodSeconds": 5}
-    })
-}
