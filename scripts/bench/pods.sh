@@ -20,7 +20,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/kube-build.sh >/dev/null
-cargo build --release -p nestlet -p nestbox-shim -p nestbox-runtime -p nestbox-cni >&2
+# The whole workspace, as scripts/test.sh builds it (one feature set, no rebuilds).
+cargo build --release --workspace >&2
 export NESTBOX_BIN_DIR="${NESTBOX_BIN_DIR:-$root/target/release}"
 PODS="$pods" cargo test --release -p nestbox-tests --test nestlet_bench -- --ignored --nocapture --test-threads=1 2>&1 \
     | grep -E '(^|\.\.\. )(pods:|creation|memory:|deletion)|^test result|panicked' | sed 's/^test .* \.\.\. //'
