@@ -4,10 +4,10 @@
 set -euo pipefail
 
 PKGS=(
-  # build
-  pkg-config libseccomp-dev gcc
-  # the test image and tools the tests drive
-  busybox-static iproute2 util-linux procps psmisc jq file kmod
+  # build (protoc: the CRI client of the shim tests compiles the CRI protos)
+  pkg-config libseccomp-dev gcc protobuf-compiler
+  # the test image and tools the tests drive (bsdutils: `script`, a pty for ctr -t)
+  busybox-static iproute2 util-linux bsdutils procps psmisc jq file kmod
   nftables iptables iputils-ping wget
   # real peers
   runc crun containerd podman containernetworking-plugins etcd-server openssl curl
@@ -15,6 +15,9 @@ PKGS=(
   docker-registry skopeo umoci
   # benchmarks
   hyperfine time iperf3
+  # nestbox-netdiag: BPF programs built by clang against libbpf's headers; bpftool to
+  # inspect them, graphviz to render `doctor --dot`
+  clang llvm libbpf-dev bpftool graphviz
 )
 
 missing=()

@@ -17,6 +17,10 @@ cargo build --release --workspace
 NESTBOX_CNI_BIN=$(bash scripts/build-cni.sh | tail -1)
 export NESTBOX_CNI_BIN
 echo "CNI plugins under test: $NESTBOX_CNI_BIN"
+# The shim too: the static musl build that gets installed (scripts/build-shim.sh).
+NESTBOX_SHIM_BIN=$(bash scripts/build-shim.sh | tail -1)
+export NESTBOX_SHIM_BIN
+echo "containerd shim under test: $NESTBOX_SHIM_BIN"
 
 echo "== fmt and clippy"
 cargo fmt --all -- --check

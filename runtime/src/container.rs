@@ -56,6 +56,7 @@ struct CreateGuard {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
     child: Option<Pid>,
+    shared_rootfs: Option<(PathBuf, crate::rootfs::SharedRootfs)>,
 }
 
 impl CreateGuard {
@@ -63,6 +64,7 @@ impl CreateGuard {
         self.dir = None;
         self.cgroup = None;
         self.child = None;
+        self.shared_rootfs = None;
     }
 }
 
@@ -71,6 +73,11 @@ impl Drop for CreateGuard {
         if let Some(pid) = self.child.take() {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
+        }
+        if let Some((rootfs, shared)) = self.shared_rootfs.take() {
+            if let Err(e) = crate::rootfs::detach_shared_rootfs(&rootfs, &shared) {
+                tracing::warn!("cleanup: {e}");
+            }
         }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {
@@ -108,6 +115,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         dir: Some(dir.clone()),
         cgroup: None,
         child: None,
+        shared_rootfs: None,
     };
 
     let linux = bundle.spec.linux().as_ref();
@@ -173,6 +181,10 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             "linux.timeOffsets: needs a new time namespace".into(),
         ));
     }
+    let seccomp_listener = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => crate::seccomp::connect_listener(profile)?,
+        None => None,
+    };
     let (parent_end, init_end) = channel::pair()?;
     let config = InitConfig {
         spec: &bundle.spec,
@@ -182,6 +194,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         joins,
         exec_listener,
         console,
+        seccomp_listener,
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
     };
@@ -194,7 +207,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     }
     let (_, start_time) = state::proc_stat(pid.as_raw())
         .ok_or_else(|| Error::Init("container init exited during create".into()))?;
-    let state = State {
+    let mut state = State {
         oci_version: bundle.spec.version().clone(),
         id: opts.id.clone(),
         pid: pid.as_raw(),
@@ -206,6 +219,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         init_start_time: start_time,
         cgroup: Some(cgroup),
         hooks: bundle.spec.hooks().clone(),
+        shared_rootfs: None,
     };
     channel.send(&Message::Go)?;
     loop {
@@ -213,7 +227,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             Message::Ready => break,
             Message::NamespacesReady => {
                 let hooks = state.hooks.as_ref();
-                let json = state.oci_json(Status::Creating);
+                let json = state.oci_json(Status::Created);
                 crate::hooks::run("prestart", hooks.and_then(|h| h.prestart().as_ref()), &json)?;
                 crate::hooks::run(
                     "createRuntime",
@@ -225,6 +239,13 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             Message::Failed(reason) => return Err(Error::Init(reason)),
             other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
         }
+    }
+    if !namespaces.has_new(LinuxNamespaceType::Mount)
+        && namespaces.joins(LinuxNamespaceType::Mount).is_none()
+    {
+        let shared = crate::rootfs::SharedRootfs::of_process(pid.as_raw())?;
+        guard.shared_rootfs = Some((bundle.rootfs.clone(), shared.clone()));
+        state.shared_rootfs = Some(shared);
     }
 
     state.save(&dir)?;
@@ -343,34 +364,60 @@ pub fn list(root: &Path) -> Result<Vec<(State, Status)>> {
     Ok(out)
 }
 
-/// `kill [--all] ID SIGNAL`.
+/// `kill [--all] ID SIGNAL`. Plain `kill` signals init and refuses a stopped container;
+/// `--all` signals whatever is in the container's cgroup, whatever the status (see
+/// [`signal_all`]).
 pub fn kill_container(root: &Path, id: &str, signal: Signal, all: bool) -> Result<()> {
     let (state, dir) = load(root, id)?;
-    let status = state.status(&dir);
     if all {
-        let cgroup = state
-            .cgroup
-            .as_ref()
-            .ok_or_else(|| Error::Other("no cgroup recorded for the container".into()))?;
-        let pids = cgroup.pids()?;
-        if pids.is_empty() && status == Status::Stopped {
-            return Err(Error::NotRunning(id.into()));
-        }
-        for pid in pids {
-            let _ = kill(Pid::from_raw(pid), signal);
-        }
-        return Ok(());
+        return signal_all(&state, signal);
     }
+    let status = state.status(&dir);
     if status == Status::Stopped {
         return Err(Error::NotRunning(id.into()));
     }
     match kill(Pid::from_raw(state.pid), signal) {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         Err(nix::errno::Errno::ESRCH) => {
-            Err(Error::Other(format!("container {id:?}: no such process")))
+            return Err(Error::Other(format!("container {id:?}: no such process")))
         }
-        Err(e) => Err(e).ctx(|| format!("signalling container {id:?}")),
+        Err(e) => return Err(e).ctx(|| format!("signalling container {id:?}")),
     }
+    // As runc: a frozen (v1) task does not even die of SIGKILL until it is thawed.
+    if status == Status::Paused && signal == Signal::SIGKILL {
+        if let Some(cg) = &state.cgroup {
+            if let Err(e) = cg.thaw() {
+                tracing::warn!("kill: thawing the paused container: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `kill --all`: every process in the container's cgroup. containerd's shims call it after
+/// init exited, to reach what is left (processes of a pod sharing a PID namespace, or of the
+/// host's): a stopped container with an empty cgroup is success, not "not running". As
+/// runc: the cgroup is frozen while it is listed and signalled, so nothing forks past the
+/// list, then thawed, so the signal is delivered (a paused container ends up thawed).
+fn signal_all(state: &State, signal: Signal) -> Result<()> {
+    let cgroup = cgroup_of(state)?;
+    if cgroup.pids()?.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = cgroup.freeze() {
+        tracing::warn!("kill --all: freezing the cgroup: {e}");
+    }
+    let pids = cgroup.pids();
+    for pid in pids.as_deref().unwrap_or_default() {
+        match kill(Pid::from_raw(*pid), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("kill --all: signalling {pid}: {e}"),
+        }
+    }
+    if let Err(e) = cgroup.thaw() {
+        tracing::warn!("kill --all: thawing the cgroup: {e}");
+    }
+    pids.map(|_| ()).map_err(Error::from)
 }
 
 /// `delete [--force] ID`.
@@ -441,6 +488,9 @@ fn destroy(state: &State, dir: &Path) -> Result<()> {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         cg.destroy()?;
+    }
+    if let Some(shared) = &state.shared_rootfs {
+        crate::rootfs::detach_shared_rootfs(&state.rootfs, shared)?;
     }
     std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", shown(dir)))?;
     let hooks = state.hooks.as_ref().and_then(|h| h.poststop().as_ref());
@@ -645,6 +695,22 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
     let bundle = spec::load_bundle(&state.bundle)?;
     let process = build_exec_process(&bundle.spec, &opts.process)?;
     let mut joins = process::exec::namespaces_to_join(state.pid)?;
+    // A container in the runtime's own mount namespace is only chrooted: take init's root.
+    let root = if joins.iter().any(|(t, _)| *t == LinuxNamespaceType::Mount) {
+        None
+    } else {
+        let path = format!("/proc/{}/root", state.pid);
+        let fd = nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ctx(|| format!("open {path}"))?;
+        // SAFETY: open returned a fresh fd that nothing else owns.
+        Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
     let console = match (&opts.console_socket, process.terminal().unwrap_or(false)) {
         (Some(path), true) => Some(crate::console::connect_socket(path)?),
         (None, true) => {
@@ -661,12 +727,23 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         let (typ, fd) = joins.remove(pos);
         crate::namespaces::join(typ, &fd)?;
     }
+    let seccomp_listener = match bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+    {
+        Some(profile) => crate::seccomp::connect_listener(profile)?,
+        None => None,
+    };
     let (parent_end, child_end) = channel::pair()?;
     let config = process::exec::ExecConfig {
         spec: &bundle.spec,
         process: &process,
         joins,
+        root,
         console,
+        seccomp_listener,
         preserve_fds: opts.preserve_fds,
         state_json: state.oci_json(Status::Running),
     };

@@ -1,7 +1,13 @@
 //! OCI hooks: each runs with the container state JSON on stdin, the hook's own args and env,
 //! and an optional timeout. prestart/createRuntime/poststart/poststop run in the runtime's
 //! namespaces (from the CLI); createContainer and startContainer run from init, inside the
-//! container's namespaces.
+//! container's namespaces (their state's pid is init's pid there).
+//!
+//! The state's status: `created` for prestart, createRuntime, createContainer and
+//! startContainer (the spec: "created: the runtime has finished the create operation (after
+//! step 2 in the lifecycle), and the container process has neither exited nor executed the
+//! user-specified program"; these hooks are steps 3 to 7), `running` for poststart (after
+//! step 8, the program runs), `stopped` for poststop.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -20,10 +26,25 @@ pub fn run(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &str) -> Result<()
     Ok(())
 }
 
-/// Run hooks whose failure must not fail the operation (poststart, poststop): warn.
+/// Run hooks whose failure must not fail the operation (poststart, poststop): each one, a
+/// failure is a warning and the next hook still runs.
 pub fn run_warn(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &str) {
-    if let Err(e) = run(kind, hooks, state_json) {
-        tracing::warn!("{e}");
+    for hook in hooks.map(Vec::as_slice).unwrap_or_default() {
+        if let Err(e) = run_one(kind, hook, state_json) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// The state JSON with `pid` as seen from inside the container's pid namespace (this
+/// process's own pid there), for the hooks init runs.
+pub fn state_in_container(state_json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(state_json) {
+        Ok(mut state) => {
+            state["pid"] = nix::unistd::getpid().as_raw().into();
+            state.to_string()
+        }
+        Err(_) => state_json.to_owned(),
     }
 }
 

@@ -1,6 +1,13 @@
-//! The container's filesystem view, built by init inside its new mount namespace: propagation,
-//! the rootfs bind, the spec's mounts (targets resolved inside the rootfs, mounted through an
-//! O_PATH fd), /dev, pivot_root, masked and read-only paths.
+//! The container's filesystem view, built by init: propagation, the rootfs bind, the spec's
+//! mounts (targets resolved inside the rootfs, mounted through an O_PATH fd), /dev,
+//! pivot_root, masked and read-only paths.
+//!
+//! Usually in a mount namespace of the container's own (new, or joined by path: the rootfs
+//! becomes its root, as with runc and crun). A spec without a mount namespace shares the
+//! runtime's: then nothing outside the rootfs changes (no propagation is touched), every mount
+//! sits on a bind of the rootfs onto itself (so a read-only root stays a property of that
+//! bind, and detaching it undoes them all, see [`detach_shared_rootfs`]) and the root is
+//! entered with chroot, since pivot_root would move every process of the runtime's namespace.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -51,19 +58,52 @@ pub struct RootfsContext<'a> {
     pub cgroup_binds: &'a [CgroupBind],
     /// In a new user namespace: device nodes are bind mounted from the host, not created.
     pub in_userns: bool,
+    /// No mount namespace in the spec: the mounts are made in the runtime's own.
+    pub shares_runtime_mounts: bool,
 }
 
-/// Prepare the rootfs and mounts, before pivot_root.
-pub fn prepare(ctx: &RootfsContext) -> Result<()> {
-    let linux = ctx.spec.linux().as_ref();
-    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-        None | Some("") => MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+/// linux.rootfsPropagation as mount flags (None when unset).
+fn rootfs_propagation(spec: &Spec) -> Result<Option<MsFlags>> {
+    match spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+    {
+        None | Some("") => Ok(None),
         Some(p) => propagation_flag(p)
-            .ok_or_else(|| Error::Spec(format!("linux.rootfsPropagation: unknown value {p:?}")))?,
-    };
-    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
-        .ctx(|| "making / private in the container's mount namespace".into())?;
-    make_parent_mount_private(ctx.rootfs)?;
+            .map(Some)
+            .ok_or_else(|| Error::Spec(format!("linux.rootfsPropagation: unknown value {p:?}"))),
+    }
+}
+
+/// Propagation of the container's mount namespace, and the bind of the rootfs onto itself that
+/// becomes the container's `/` (and carries every later mount).
+///
+/// The bind must not be shared, nor its parent mount, nor `/`, for pivot_root; the spec's
+/// rootfsPropagation is applied to the new `/` afterwards, in [`finish`]. Unset (our default)
+/// or recursive: every mount of the namespace becomes private (or slave for `rslave`), so
+/// nothing the container mounts reaches the host. `shared`, `private`, `unbindable`: only `/`
+/// and the rootfs's parent mount are made private, so the spec's bind mounts of shared host
+/// mounts keep their peers (as with runc and crun). `slave`: `/` and the parent become slaves
+/// instead, so the rootfs bind, made from its parent, receives the host's mounts under the
+/// rootfs ("receives propagation events from the host … but not the other way around").
+pub fn bind_rootfs(ctx: &RootfsContext) -> Result<()> {
+    let requested = rootfs_propagation(ctx.spec)?;
+    if !ctx.shares_runtime_mounts {
+        let rec = MsFlags::MS_REC;
+        let slave = requested.is_some_and(|f| f.contains(MsFlags::MS_SLAVE));
+        let keep_peers =
+            requested.is_some_and(|f| !f.contains(rec) || f.contains(MsFlags::MS_SHARED));
+        let (root, parent) = match (keep_peers, slave) {
+            (true, true) => (MsFlags::MS_SLAVE, MsFlags::MS_SLAVE),
+            (true, false) => (MsFlags::MS_PRIVATE, MsFlags::MS_PRIVATE),
+            (false, true) => (rec | MsFlags::MS_SLAVE, MsFlags::MS_SLAVE),
+            (false, false) => (rec | MsFlags::MS_PRIVATE, MsFlags::MS_PRIVATE),
+        };
+        mount(None::<&str>, "/", None::<&str>, root, None::<&str>)
+            .ctx(|| "setting the propagation of / in the container's mount namespace".into())?;
+        unshare_parent_mount(ctx.rootfs, parent)?;
+    }
     mount(
         Some(ctx.rootfs),
         ctx.rootfs,
@@ -72,7 +112,24 @@ pub fn prepare(ctx: &RootfsContext) -> Result<()> {
         None::<&str>,
     )
     .ctx(|| format!("bind mounting the rootfs {}", shown(ctx.rootfs)))?;
+    if ctx.shares_runtime_mounts {
+        // In the runtime's namespace the bind may have joined a shared host mount's peer
+        // group: keep the container's mounts from spreading to its peers.
+        mount(
+            None::<&str>,
+            ctx.rootfs,
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .ctx(|| format!("making the rootfs bind {} private", shown(ctx.rootfs)))?;
+    }
+    Ok(())
+}
 
+/// The spec's mounts and the device nodes on the rootfs bind, before pivot_root.
+pub fn prepare(ctx: &RootfsContext) -> Result<()> {
+    let linux = ctx.spec.linux().as_ref();
     let mut dev_is_bind = false;
     for m in ctx.spec.mounts().as_deref().unwrap_or_default() {
         if m.destination() == Path::new("/dev") && is_bind(m) {
@@ -102,8 +159,14 @@ pub fn prepare(ctx: &RootfsContext) -> Result<()> {
     Ok(())
 }
 
-/// Switch the root to the rootfs: pivot_root, or MS_MOVE + chroot with `--no-pivot`.
-pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
+/// Switch the root to the rootfs: pivot_root, or MS_MOVE + chroot with `--no-pivot`, or
+/// only chroot in the runtime's mount namespace (`shares_runtime_mounts`).
+pub fn enter(rootfs: &Path, no_pivot: bool, shares_runtime_mounts: bool) -> Result<()> {
+    if shares_runtime_mounts {
+        chdir(rootfs).ctx(|| format!("chdir {}", shown(rootfs)))?;
+        chroot(".").ctx(|| "chroot into the rootfs".into())?;
+        return chdir("/").ctx(|| "chdir /".into());
+    }
     if no_pivot {
         chdir(rootfs).ctx(|| format!("chdir {}", shown(rootfs)))?;
         mount(
@@ -141,7 +204,7 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     chdir("/").ctx(|| "chdir /".into())
 }
 
-/// After pivot: masked paths, read-only paths, read-only root.
+/// After pivot: masked paths, read-only paths, read-only root, then rootfsPropagation on `/`.
 pub fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
     for p in linux
@@ -172,7 +235,102 @@ pub fn finish(spec: &Spec) -> Result<()> {
         )
         .ctx(|| "remounting / read-only".into())?;
     }
+    // Last: an unbindable `/` would refuse the binds above.
+    if let Some(flag) = rootfs_propagation(spec)? {
+        mount(None::<&str>, "/", None::<&str>, flag, None::<&str>)
+            .ctx(|| "applying linux.rootfsPropagation to /".into())?;
+    }
     Ok(())
+}
+
+/// The bind of the rootfs onto itself that a container without a mount namespace of its own
+/// left in the runtime's mount namespace: `mount_id` in the namespace `mount_ns` (device and
+/// inode of its nsfs file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedRootfs {
+    pub mount_ns: (u64, u64),
+    pub mount_id: u64,
+}
+
+/// (device, inode) of a mount namespace file such as /proc/self/ns/mnt.
+pub fn mount_ns_of(ns_file: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(ns_file).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl SharedRootfs {
+    /// Find the bind in the mountinfo of `pid`, a process chrooted into it (its `/`).
+    pub fn of_process(pid: i32) -> Result<SharedRootfs> {
+        let path = format!("/proc/{pid}/mountinfo");
+        let text = std::fs::read_to_string(&path).ctx(|| format!("reading {path}"))?;
+        let mount_id = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(4) == Some(&"/")).then(|| f.first()?.parse().ok())?
+            })
+            .next_back()
+            .ok_or_else(|| Error::Other(format!("{path}: no mount at /")))?;
+        let mount_ns = mount_ns_of(Path::new(&format!("/proc/{pid}/ns/mnt")))
+            .ok_or_else(|| Error::Other(format!("container init {pid} is gone")))?;
+        Ok(SharedRootfs { mount_ns, mount_id })
+    }
+}
+
+/// Undo the mounts of a container that shared the runtime's mount namespace: detach its rootfs
+/// bind (the mounts it made sit on it) if this process is in that namespace and the bind is
+/// still the top mount at `rootfs`; otherwise leave everything and say why.
+pub fn detach_shared_rootfs(rootfs: &Path, shared: &SharedRootfs) -> Result<()> {
+    if mount_ns_of(Path::new("/proc/self/ns/mnt")) != Some(shared.mount_ns) {
+        tracing::warn!(
+            "the container's mounts on {} are in another mount namespace: left as they are",
+            shown(rootfs)
+        );
+        return Ok(());
+    }
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading mountinfo".into())?;
+    let escaped = escape_mountinfo(rootfs);
+    // (id, parent id) of every mount at the rootfs path; the top one is nobody's parent there.
+    let at_rootfs: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(4) != Some(&escaped.as_str()) {
+                return None;
+            }
+            Some((f.first()?.parse().ok()?, f.get(1)?.parse().ok()?))
+        })
+        .collect();
+    if !at_rootfs.iter().any(|(id, _)| *id == shared.mount_id) {
+        return Ok(());
+    }
+    let top = at_rootfs
+        .iter()
+        .find(|(id, _)| !at_rootfs.iter().any(|(_, parent)| parent == id))
+        .map(|(id, _)| *id);
+    if top != Some(shared.mount_id) {
+        tracing::warn!(
+            "another mount covers the container's rootfs bind on {}: left as it is",
+            shown(rootfs)
+        );
+        return Ok(());
+    }
+    umount2(rootfs, MntFlags::MNT_DETACH).ctx(|| format!("detaching {}", shown(rootfs)))
+}
+
+/// A path as /proc/self/mountinfo writes it (space, tab, newline and backslash in octal).
+fn escape_mountinfo(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            ' ' => out.push_str("\\040"),
+            '\t' => out.push_str("\\011"),
+            '\n' => out.push_str("\\012"),
+            '\\' => out.push_str("\\134"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Resolve `unsafe_path` inside `root` as if `root` were `/`: symlinks (absolute or with
@@ -311,24 +469,30 @@ fn is_bind(m: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-/// pivot_root needs the rootfs's parent mount not to be shared.
-fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+/// pivot_root refuses a rootfs whose parent mount is shared (and binding the rootfs there
+/// would propagate to the parent's peers): when it is, make it `flag` (private, or slave so
+/// the rootfs bind still receives from the host). As runc, only when shared.
+fn unshare_parent_mount(rootfs: &Path, flag: MsFlags) -> Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let parent = mountinfo
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(PathBuf::from)
-        .filter(|mp| rootfs.starts_with(mp))
-        .max_by_key(|mp| mp.as_os_str().len())
-        .unwrap_or_else(|| PathBuf::from("/"));
-    mount(
-        None::<&str>,
-        &parent,
-        None::<&str>,
-        MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .ctx(|| format!("making {} private", shown(&parent)))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let mount_point = PathBuf::from(f.get(4)?);
+            let shared = f
+                .iter()
+                .skip(6)
+                .take_while(|o| **o != "-")
+                .any(|o| o.starts_with("shared:"));
+            Some((mount_point, shared))
+        })
+        .filter(|(mp, _)| rootfs.starts_with(mp))
+        .max_by_key(|(mp, _)| mp.as_os_str().len());
+    match parent {
+        Some((parent, true)) => mount(None::<&str>, &parent, None::<&str>, flag, None::<&str>)
+            .ctx(|| format!("unsharing {}, the rootfs's parent mount", shown(&parent))),
+        _ => Ok(()),
+    }
 }
 
 /// An O_PATH fd on `path`, checked to really be inside `rootfs` (no symlink swapped in), and
@@ -786,6 +950,14 @@ mod tests {
             dir.join("y")
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn mountinfo_escapes_spaces_tabs_newlines_and_backslashes() {
+        assert_eq!(
+            escape_mountinfo(Path::new("/a b\tc\nd\\e")),
+            "/a\\040b\\011c\\012d\\134e"
+        );
     }
 
     #[test]

@@ -1,50 +1,44 @@
 //! Seccomp for the container process, through nestbox-seccomp (libseccomp).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 
 use oci_spec::runtime::LinuxSeccomp;
 
 use crate::error::{Error, Result};
 
-/// Where an SCMP_ACT_NOTIFY fd goes: the agent socket (opened O_PATH before pivot_root, so it
-/// is reachable afterwards through /proc/self/fd) and the container state to send with it.
+/// Where an SCMP_ACT_NOTIFY fd goes: a connection to the agent's socket, opened by the runtime
+/// (its mount namespace, its credentials: the container's user may not write a root-owned
+/// socket), and the container state to send with the fd.
 pub struct Listener {
-    pub socket: OwnedFd,
+    pub connection: UnixStream,
+    /// linux.seccomp.listenerPath, for errors.
+    pub path: PathBuf,
     pub state_json: String,
     /// The process the filter is for, as the agent sees pids; None: the state's pid (init).
     pub pid: Option<i32>,
 }
 
-/// Open `linux.seccomp.listenerPath` (host path) for later use.
-pub fn open_listener(profile: &LinuxSeccomp, state_json: &str) -> Result<Option<Listener>> {
+/// Connect to `linux.seccomp.listenerPath` (a host path) now; the state goes over the
+/// connection when the filter is loaded. None without a listenerPath.
+pub fn connect_listener(profile: &LinuxSeccomp) -> Result<Option<(UnixStream, PathBuf)>> {
     let Some(path) = profile.listener_path().as_ref() else {
         return Ok(None);
     };
-    let fd = nix::fcntl::open(
-        path,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| {
+    let connection = UnixStream::connect(path).map_err(|e| {
         Error::Spec(format!(
             "linux.seccomp.listenerPath {}: {e}",
             path.display()
         ))
     })?;
-    // SAFETY: open returned a fresh fd that nothing else owns.
-    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    Ok(Some(Listener {
-        socket,
-        state_json: state_json.to_string(),
-        pid: None,
-    }))
+    Ok(Some((connection, path.clone())))
 }
 
-/// Compile and load the profile into the calling process (right before exec, or before the
-/// user switch when no_new_privs is off, since loading then needs CAP_SYS_ADMIN). A notify fd
-/// is handed to the listener.
-pub fn load(profile: &LinuxSeccomp, listener: Option<&Listener>) -> Result<()> {
+/// Compile and load the profile into the calling process: the last step before execve, or
+/// right before the user switch when no_new_privs is off (loading then needs
+/// CAP_SYS_ADMIN). A notify fd is handed to the listener, whose connection is closed after.
+pub fn load(profile: &LinuxSeccomp, listener: Option<Listener>) -> Result<()> {
     let filter =
         nestbox_seccomp::compile(profile).map_err(|e| Error::Other(format!("seccomp: {e}")))?;
     let Some(notify) = filter
@@ -60,9 +54,9 @@ pub fn load(profile: &LinuxSeccomp, listener: Option<&Listener>) -> Result<()> {
     let pid = listener
         .pid
         .unwrap_or_else(|| state["pid"].as_i64().unwrap_or(0) as i32);
-    let via = format!("/proc/self/fd/{}", listener.socket.as_raw_fd());
-    nestbox_seccomp::send_to_listener(
-        Path::new(&via),
+    nestbox_seccomp::send_on_connection(
+        &listener.connection,
+        &listener.path,
         notify.as_fd(),
         pid,
         profile.listener_metadata().as_deref(),

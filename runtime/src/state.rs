@@ -59,6 +59,10 @@ pub struct State {
     /// The spec's hooks: poststart and poststop run from later commands.
     #[serde(default)]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// Without a mount namespace of its own, the container's mounts are in the runtime's
+    /// namespace, on this bind of the rootfs: `delete` detaches it.
+    #[serde(default)]
+    pub shared_rootfs: Option<crate::rootfs::SharedRootfs>,
 }
 
 /// `nestbox state` / `list --format json` output: runc's field names and order.

@@ -10,7 +10,7 @@ use containerd_shim::protos::events::task::{
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::shim::event::Envelope;
 use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::ttrpc::context::Context;
@@ -45,14 +45,17 @@ impl Publisher {
         Ok(Publisher { tx })
     }
 
-    fn send(&self, topic: &'static str, event: &dyn MessageDyn) {
+    /// Queue an event. The type URL is containerd's name for it (the proto's full name),
+    /// written out rather than looked up: protobuf's reflection would build descriptors for
+    /// every message of the proto file, code and memory a shim per pod should not carry.
+    fn send<M: Message>(&self, topic: &'static str, type_url: &'static str, event: &M) {
         let mut value = Vec::new();
-        if event.write_to_vec_dyn(&mut value).is_err() {
+        if event.write_to_vec(&mut value).is_err() {
             tracing::warn!(topic, "event not encodable; dropped");
             return;
         }
         let mut any = Any::new();
-        any.type_url = event.descriptor_dyn().full_name().to_owned();
+        any.type_url = type_url.to_owned();
         any.value = value;
         let _ = self.tx.send(Queued {
             topic,
@@ -62,31 +65,35 @@ impl Publisher {
     }
 
     pub fn create(&self, e: TaskCreate) {
-        self.send("/tasks/create", &e)
+        self.send("/tasks/create", "containerd.events.TaskCreate", &e)
     }
     pub fn start(&self, e: TaskStart) {
-        self.send("/tasks/start", &e)
+        self.send("/tasks/start", "containerd.events.TaskStart", &e)
     }
     pub fn exit(&self, e: TaskExit) {
-        self.send("/tasks/exit", &e)
+        self.send("/tasks/exit", "containerd.events.TaskExit", &e)
     }
     pub fn delete(&self, e: TaskDelete) {
-        self.send("/tasks/delete", &e)
+        self.send("/tasks/delete", "containerd.events.TaskDelete", &e)
     }
     pub fn exec_added(&self, e: TaskExecAdded) {
-        self.send("/tasks/exec-added", &e)
+        self.send("/tasks/exec-added", "containerd.events.TaskExecAdded", &e)
     }
     pub fn exec_started(&self, e: TaskExecStarted) {
-        self.send("/tasks/exec-started", &e)
+        self.send(
+            "/tasks/exec-started",
+            "containerd.events.TaskExecStarted",
+            &e,
+        )
     }
     pub fn oom(&self, e: TaskOOM) {
-        self.send("/tasks/oom", &e)
+        self.send("/tasks/oom", "containerd.events.TaskOOM", &e)
     }
     pub fn paused(&self, e: TaskPaused) {
-        self.send("/tasks/paused", &e)
+        self.send("/tasks/paused", "containerd.events.TaskPaused", &e)
     }
     pub fn resumed(&self, e: TaskResumed) {
-        self.send("/tasks/resumed", &e)
+        self.send("/tasks/resumed", "containerd.events.TaskResumed", &e)
     }
 }
 
@@ -138,6 +145,63 @@ fn forward(rx: Receiver<Queued>, address: &str, namespace: &str) {
                 address,
                 "event dropped: the events service did not take it"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim::protos::protobuf::MessageFull;
+
+    use super::*;
+
+    #[test]
+    fn written_out_type_urls_are_the_proto_names() {
+        for (url, name) in [
+            (
+                "containerd.events.TaskCreate",
+                TaskCreate::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.events.TaskStart",
+                TaskStart::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.events.TaskExit",
+                TaskExit::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.events.TaskDelete",
+                TaskDelete::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.events.TaskExecAdded",
+                TaskExecAdded::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.events.TaskExecStarted",
+                TaskExecStarted::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.events.TaskOOM",
+                TaskOOM::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.events.TaskPaused",
+                TaskPaused::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.events.TaskResumed",
+                TaskResumed::descriptor().full_name().to_owned(),
+            ),
+            (
+                "containerd.runc.v1.ProcessDetails",
+                containerd_shim::protos::shim::oci::ProcessDetails::descriptor()
+                    .full_name()
+                    .to_owned(),
+            ),
+        ] {
+            assert_eq!(url, name);
         }
     }
 }

@@ -6,7 +6,7 @@
 use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::MessageFull;
+use containerd_shim::protos::protobuf::Message;
 use nestbox_cgroups::{Cgroup, Layout, Stats};
 
 use crate::error::{Error, Result};
@@ -21,16 +21,20 @@ pub fn collect(cgroup: &Cgroup) -> Result<Any> {
             .path("memory")
             .and_then(|d| std::fs::read_to_string(d.join("memory.events")).ok())
             .unwrap_or_default();
-        pack(&to_v2(&stats, &events))
+        pack(V2_METRICS, &to_v2(&stats, &events))
     } else {
         let oom_kills = cgroup.oom_kill_count().unwrap_or(0);
-        pack(&to_v1(&stats, oom_kills))
+        pack(V1_METRICS, &to_v1(&stats, oom_kills))
     }
 }
 
-fn pack<M: MessageFull>(m: &M) -> Result<Any> {
+/// containerd's type names for the two metrics messages (their proto full names).
+const V1_METRICS: &str = "io.containerd.cgroups.v1.Metrics";
+const V2_METRICS: &str = "io.containerd.cgroups.v2.Metrics";
+
+fn pack<M: Message>(type_url: &str, m: &M) -> Result<Any> {
     let mut any = Any::new();
-    any.type_url = M::descriptor().full_name().to_owned();
+    any.type_url = type_url.to_owned();
     any.value = m
         .write_to_bytes()
         .map_err(|e| Error::Other(format!("encoding metrics: {e}")))?;
@@ -328,8 +332,10 @@ mod tests {
         assert_eq!(m.memory.total_inactive_file, 4);
         assert_eq!(m.memory_oom_control.oom_kill, 2);
         assert_eq!(m.blkio.io_service_bytes_recursive.len(), 2);
-        let any = pack(&m).expect("pack");
+        let any = pack(V1_METRICS, &m).expect("pack");
         assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+        use containerd_shim::protos::protobuf::MessageFull;
+        assert_eq!(v1::Metrics::descriptor().full_name(), V1_METRICS);
     }
 
     #[test]
@@ -351,7 +357,9 @@ mod tests {
             ),
             (100, 200, 2)
         );
-        let any = pack(&m).expect("pack");
+        let any = pack(V2_METRICS, &m).expect("pack");
         assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        use containerd_shim::protos::protobuf::MessageFull;
+        assert_eq!(v2::Metrics::descriptor().full_name(), V2_METRICS);
     }
 }

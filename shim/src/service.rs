@@ -20,7 +20,7 @@ use containerd_shim::protos::events::task::{
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::MessageFull;
+use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::{DeleteResponse, ExitSignal, Task, TtrpcContext, TtrpcResult};
@@ -106,9 +106,11 @@ fn exited_fields(
     }
 }
 
-fn any_of<M: MessageFull>(m: &M) -> Result<Any> {
+/// `type_url`: containerd's name for the message (its proto full name; see events.rs on why
+/// it is not looked up).
+fn any_of<M: Message>(type_url: &str, m: &M) -> Result<Any> {
     let mut any = Any::new();
-    any.type_url = M::descriptor().full_name().to_owned();
+    any.type_url = type_url.to_owned();
     any.value = m
         .write_to_bytes()
         .map_err(|e| Error::Other(format!("encoding {}: {e}", any.type_url)))?;
@@ -651,7 +653,7 @@ impl Inner {
                     exec_id: exec_id.clone(),
                     ..Default::default()
                 };
-                info.info = Some(any_of(&details)?).into();
+                info.info = Some(any_of("containerd.runc.v1.ProcessDetails", &details)?).into();
             }
             processes.push(info);
         }

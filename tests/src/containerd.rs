@@ -7,9 +7,74 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::image::oci_archive;
 use crate::{
-    bin, busybox_rootfs, require_cmd, require_root, run, unique, wait_until, NetNs, TempDir,
+    bin, busybox_rootfs, require_cmd, require_root, run, shim_dir, unique, wait_until, NetNs,
+    TempDir,
 };
+
+/// The images [`import_cri_images`] provides: a pause image holding `nestbox-pause`, and
+/// busybox.
+pub const PAUSE_IMAGE: &str = "docker.io/nestbox/pause:test";
+pub const BUSYBOX_IMAGE: &str = "docker.io/nestbox/busybox:test";
+
+/// Config text for containerd's CRI plugin with two runtime handlers: `nestbox` (our shim,
+/// runtime_type io.containerd.nestbox.v2, the default) and `runc` (the Go runc-v2 shim with
+/// `runc_binary` as its BinaryName); the CNI bin and conf dirs when pods get networking.
+pub fn cri_config(runc_binary: &Path, cni: Option<(&Path, &Path)>) -> String {
+    let cri = "io.containerd.grpc.v1.cri";
+    let mut text = format!(
+        r#"[plugins."{cri}"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."{cri}".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "nestbox"
+    [plugins."{cri}".containerd.runtimes.nestbox]
+      runtime_type = "io.containerd.nestbox.v2"
+    [plugins."{cri}".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."{cri}".containerd.runtimes.runc.options]
+        BinaryName = "{runc}"
+"#,
+        runc = runc_binary.display()
+    );
+    if let Some((bin_dir, conf_dir)) = cni {
+        text += &format!(
+            r#"  [plugins."{cri}".cni]
+    bin_dir = "{}"
+    conf_dir = "{}"
+"#,
+            bin_dir.display(),
+            conf_dir.display()
+        );
+    }
+    text
+}
+
+/// Import [`PAUSE_IMAGE`] and [`BUSYBOX_IMAGE`] into containerd's `k8s.io` namespace (the
+/// CRI plugin's) from OCI archives made here: no registry needed.
+pub fn import_cri_images(ctrd: &Containerd) {
+    let work = TempDir::new("criimg");
+    let pause_root = work.path().join("pause-rootfs");
+    fs::create_dir_all(&pause_root).expect("mkdir");
+    fs::copy(bin("nestbox-pause"), pause_root.join("pause")).expect("copy pause");
+    let busybox = busybox_rootfs();
+    let images = [
+        (pause_root.as_path(), PAUSE_IMAGE, vec!["/pause"], vec![]),
+        (busybox.as_path(), BUSYBOX_IMAGE, vec![], vec!["sh"]),
+    ];
+    for (rootfs, name, entry, cmd) in images {
+        let archive = work.path().join("image.tar");
+        oci_archive(rootfs, name, &entry, &cmd, &["PATH=/bin:/sbin"], &archive);
+        let (code, out, err) = run(ctrd
+            .ctr_ns("k8s.io")
+            .args(["images", "import"])
+            .arg(&archive));
+        assert_eq!(code, 0, "ctr images import {name}: {out} {err}");
+    }
+}
 
 /// The shim (and runtime) a `ctr` task runs under.
 #[derive(Debug, Clone, Copy)]
@@ -101,13 +166,9 @@ state = "{d}/state"
             None => Command::new(require_cmd("containerd")),
         };
         // Our shim is found on containerd's PATH, like any containerd-shim-*.
-        let shim_dir = bin("containerd-shim-nestbox-v2")
-            .parent()
-            .expect("bin dir")
-            .to_path_buf();
         let path = format!(
             "{}:{}",
-            shim_dir.display(),
+            shim_dir().display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
         let child = cmd

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 pub mod containerd;
+pub mod cri;
 pub mod image;
 
 /// The workspace root (the parent of this crate's folder).
@@ -40,6 +41,64 @@ pub fn cni_bin() -> PathBuf {
         }
         _ => bin("nestbox-cni"),
     }
+}
+
+/// The containerd shim under test: `$NESTBOX_SHIM_BIN` (scripts/test.sh sets it to the
+/// static musl build that gets installed, see scripts/build-shim.sh), else the workspace build.
+pub fn shim_bin() -> PathBuf {
+    match std::env::var_os("NESTBOX_SHIM_BIN") {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "NESTBOX_SHIM_BIN={} is not a file",
+                p.display()
+            );
+            p
+        }
+        _ => bin("containerd-shim-nestbox-v2"),
+    }
+}
+
+/// A directory holding the shim under test and `nestbox` side by side, as
+/// scripts/install.sh lays them out (the shim runs the `nestbox` beside it): put it on
+/// containerd's PATH. Refreshed once per test process under the target dir.
+pub fn shim_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        let dir = target.join(format!("shim-under-test-{}", std::process::id()));
+        let tmp = target.join(format!(".shim-under-test-{}", unique("s")));
+        fs::create_dir_all(&tmp).expect("mkdir shim dir");
+        for (name, src) in [
+            ("containerd-shim-nestbox-v2", shim_bin()),
+            ("nestbox", bin("nestbox")),
+        ] {
+            if fs::hard_link(&src, tmp.join(name)).is_err() {
+                fs::copy(&src, tmp.join(name)).expect("copy shim dir binary");
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&tmp, &dir).expect("install shim dir");
+        // Dirs of earlier test processes (pids gone) are removed here.
+        if let Ok(entries) = fs::read_dir(&target) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("shim-under-test-") {
+                    let gone = pid
+                        .parse::<u32>()
+                        .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+                    if gone {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        dir
+    })
+    .clone()
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -518,6 +577,12 @@ impl Runtime {
         Runtime::new("runc", require_cmd("runc"))
     }
 
+    /// Debian's crun. It refuses this VM's hybrid cgroup layout: drive it from a thread of
+    /// [`in_mount_namespace`] with [`CgroupLayout::V1`].
+    pub fn crun() -> Runtime {
+        Runtime::new("crun", require_cmd("crun"))
+    }
+
     /// The command line `<bin> --root <root> <args…>` with the extra environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
@@ -635,6 +700,91 @@ impl Drop for Runtime {
         for id in self.list_ids() {
             let _ = self.out(&["delete", "--force", &id]);
         }
+    }
+}
+
+/// The cgroup layouts a runtime must cope with (detected, never assumed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// As the host has it (this VM: v1 controllers plus a cgroup2 mount holding hugetlb).
+    Host,
+    /// The v1 hierarchies only (the cgroup2 mount removed): what crun accepts here.
+    V1,
+    /// The cgroup2 hierarchy alone, mounted at /sys/fs/cgroup.
+    V2,
+}
+
+/// Run `f` on a new thread inside a private mount namespace where the cgroup mounts are
+/// rearranged to `layout`; every process the thread starts (runtimes, containers) inherits
+/// it, the host's mounts stay as they are. A panic in `f` is passed on.
+pub fn in_mount_namespace<T: Send + 'static>(
+    layout: CgroupLayout,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    require_root();
+    let thread = std::thread::spawn(move || {
+        use nix::mount::{mount, umount2, MntFlags, MsFlags};
+        // A mount namespace is per thread: this one, then its children.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make / rprivate");
+        let mountinfo =
+            fs::read_to_string("/proc/thread-self/mountinfo").expect("read own mountinfo");
+        let cgroup2 = mountinfo
+            .lines()
+            .find(|l| {
+                l.split(" - ")
+                    .nth(1)
+                    .is_some_and(|t| t.starts_with("cgroup2 "))
+            })
+            .and_then(|l| l.split_whitespace().nth(4))
+            .map(PathBuf::from);
+        let v1 = mountinfo.lines().any(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup "))
+        });
+        match layout {
+            CgroupLayout::Host => {}
+            CgroupLayout::V1 => {
+                assert!(v1, "no cgroup v1 hierarchy on this host");
+                if let Some(unified) = &cgroup2 {
+                    umount2(unified, MntFlags::MNT_DETACH).expect("umount the cgroup2 mount");
+                }
+            }
+            CgroupLayout::V2 => {
+                let unified = cgroup2.expect("no cgroup2 hierarchy on this host");
+                if unified != Path::new("/sys/fs/cgroup") {
+                    let keep = std::env::temp_dir().join(format!("nestbox-v2-{}", unique("m")));
+                    fs::create_dir_all(&keep).expect("mkdir");
+                    let bind = MsFlags::MS_BIND;
+                    mount(Some(&unified), &keep, None::<&str>, bind, None::<&str>)
+                        .expect("bind the cgroup2 mount aside");
+                    umount2("/sys/fs/cgroup", MntFlags::MNT_DETACH).expect("umount cgroups");
+                    let mv = MsFlags::MS_MOVE;
+                    mount(
+                        Some(&keep),
+                        "/sys/fs/cgroup",
+                        None::<&str>,
+                        mv,
+                        None::<&str>,
+                    )
+                    .expect("move cgroup2 to /sys/fs/cgroup");
+                    let _ = fs::remove_dir(&keep);
+                }
+            }
+        }
+        f()
+    });
+    match thread.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 

@@ -263,3 +263,56 @@ fn file_and_binary_log_uris_receive_the_output() {
         "logger environment and arguments"
     );
 }
+
+#[test]
+fn install_sh_puts_the_shim_beside_the_runtime_it_runs() {
+    let cni_dir = TempDir::new("instcni");
+    let bin_dir = TempDir::new("instbin");
+    let out =
+        std::process::Command::new(nestbox_tests::workspace_root().join("scripts/install.sh"))
+            .arg("--cni-bin-dir")
+            .arg(cni_dir.path())
+            .arg("--bin-dir")
+            .arg(bin_dir.path())
+            .env("NESTBOX_CNI_BIN", nestbox_tests::cni_bin())
+            .env("NESTBOX_OVERLAYD_BIN", bin("nestbox-overlayd"))
+            .env("NESTBOX_SHIM_BIN", nestbox_tests::shim_bin())
+            .env("NESTBOX_BIN_DIR", bin("nestbox").parent().expect("bin dir"))
+            .output()
+            .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh --bin-dir: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["nestbox", "nestbox-pause", "containerd-shim-nestbox-v2"] {
+        let meta = fs::metadata(bin_dir.path().join(name)).expect("installed");
+        assert!(
+            meta.permissions().mode() & 0o111 != 0,
+            "{name} is executable"
+        );
+    }
+    // The installed shim's cleanup path runs the runtime beside it, with no nestbox on PATH:
+    // deleting a container that does not exist succeeds (it is gone either way).
+    let bundle = TempDir::new("instbundle");
+    let (code, _, err) = run(std::process::Command::new(
+        bin_dir.path().join("containerd-shim-nestbox-v2"),
+    )
+    .args([
+        "-namespace",
+        "inst",
+        "-id",
+        &unique("gone"),
+        "-address",
+        "/tmp/no.sock",
+    ])
+    .arg("-bundle")
+    .arg(bundle.path())
+    .arg("delete")
+    .current_dir(bundle.path())
+    .env("PATH", "/usr/bin:/bin")
+    .env("TTRPC_ADDRESS", "/tmp/no.sock.ttrpc"));
+    assert_eq!(code, 0, "shim delete from the installed dir: {err}");
+    let options = fs::read_to_string(bundle.path().join("options.json")).unwrap_or_default();
+    assert!(options.is_empty(), "delete writes no options: {options}");
+}

@@ -24,7 +24,7 @@ use containerd_shim_protos::shim::oci::Options;
 use containerd_shim_protos::ttrpc::{self, context::Context, Client, Code, Server};
 use containerd_shim_protos::types::empty::Empty;
 use containerd_shim_protos::{create_events, Events, TaskClient};
-use nestbox_tests::{bin, require_cmd, run, unique, wait_until, Bundle, NetNs, TempDir};
+use nestbox_tests::{bin, require_cmd, run, shim_dir, unique, wait_until, Bundle, NetNs, TempDir};
 use serde_json::json;
 
 /// Events the shim forwarded: (topic, event type, raw event).
@@ -79,7 +79,7 @@ impl Harness {
     /// `containerd-shim-nestbox-v2 … start` for a container of `bundle`: the shim address.
     fn start_shim(&self, id: &str, bundle: &Path) -> String {
         let mut c = self.node.nsenter(&[]);
-        c.arg(bin("containerd-shim-nestbox-v2"))
+        c.arg(shim_dir().join("containerd-shim-nestbox-v2"))
             .args(["-namespace", &self.namespace, "-id", id, "-address"])
             .arg(self.dir.path().join("containerd.sock"))
             .args(["-publish-binary", "/bin/true", "start"])

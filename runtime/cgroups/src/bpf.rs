@@ -84,8 +84,9 @@ fn exit() -> Insn {
     insn(0x95, 0, 0, 0, 0)
 }
 
-/// The program for a policy: each exception is a block that returns the opposite of the
-/// default when the device and access match, and falls through otherwise.
+/// The program for a policy: each exception, in the policy's order (the spec's rules, then
+/// the defaults), is a block that returns the opposite of the default when the device and
+/// access match, and falls through otherwise.
 pub(crate) fn program(policy: &DevicePolicy) -> Vec<Insn> {
     let default = i32::from(policy.default_allow);
     let mut p = vec![
@@ -96,7 +97,7 @@ pub(crate) fn program(policy: &DevicePolicy) -> Vec<Insn> {
         ldx_w(R4, R1, 4), // major
         ldx_w(R5, R1, 8), // minor
     ];
-    for (&(typ, major, minor), &bits) in &policy.exceptions {
+    for &((typ, major, minor), bits) in &policy.exceptions {
         let mut block = Vec::new();
         let dev_type = if typ == 'b' {
             DEVCG_DEV_BLOCK
@@ -279,13 +280,13 @@ pub fn attached_device_programs(dir: &Path) -> Result<usize, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     #[test]
     fn allow_list_program_shape() {
-        let mut exceptions = BTreeMap::new();
-        exceptions.insert(('c', Some(1), Some(3)), ACC_READ | ACC_WRITE | ACC_MKNOD);
-        exceptions.insert(('c', Some(136), None), ACC_READ | ACC_WRITE);
+        let exceptions = vec![
+            (('c', Some(1), Some(3)), ACC_READ | ACC_WRITE | ACC_MKNOD),
+            (('c', Some(136), None), ACC_READ | ACC_WRITE),
+        ];
         let p = program(&DevicePolicy {
             default_allow: false,
             exceptions,
@@ -298,5 +299,26 @@ mod tests {
         assert_eq!(p[9], mov32(R0, 1));
         assert_eq!(p[p.len() - 2], mov32(R0, 0));
         assert_eq!(std::mem::size_of::<Insn>(), 8);
+    }
+
+    #[test]
+    fn blocks_follow_the_spec_order_then_the_defaults() -> Result<(), Error> {
+        let rule = |json: &str| -> oci_spec::runtime::LinuxDeviceCgroup {
+            serde_json::from_str(json).expect("rule JSON")
+        };
+        let policy = DevicePolicy::from_spec(&[
+            rule(r#"{"allow": false, "access": "rwm"}"#),
+            rule(r#"{"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"}"#),
+        ])?;
+        let p = program(&policy);
+        // The first block (after the 6-instruction prologue) is c 10:229 rwm: type, major,
+        // minor, return 1.
+        assert_eq!(p[6], jne(R2, DEVCG_DEV_CHAR, 4));
+        assert_eq!(p[7], jne(R4, 10, 3));
+        assert_eq!(p[8], jne(R5, 229, 2));
+        // The second is the first default, c *:* m: type, access, major/minor any.
+        assert_eq!(p[11], jne(R2, DEVCG_DEV_CHAR, 5));
+        assert_eq!(p[13], and32(R1, i32::from(ACC_MKNOD)));
+        Ok(())
     }
 }

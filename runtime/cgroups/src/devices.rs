@@ -1,7 +1,9 @@
-//! Device access rules: the v1 devices.allow/devices.deny lists, and runc's default allowed
-//! devices appended to every rule list so /dev/null, /dev/tty, ptys… keep working.
+//! Device access rules: the v1 devices.allow/devices.deny lists, and the default allowed
+//! devices appended to every rule list so /dev/null, /dev/tty, ptys… keep working. The spec's
+//! rules keep their order ("The runtime MUST apply entries in the listed order"): a new v1
+//! cgroup's devices.list reads like the config, then the defaults (as with crun), and the v2
+//! program checks the exceptions in that order.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
@@ -23,8 +25,9 @@ fn rule(
     r
 }
 
-/// The devices runc allows in every container, after the spec's own rules: mknod of any
-/// char/block device, /dev/null, zero, full, random, urandom, tty, console, ptmx and pts.
+/// The devices allowed in every container, after the spec's own rules: mknod of any
+/// char/block device, /dev/null, zero, full, random, urandom, tty, console, ptmx and pts (runc's
+/// set, in crun's order).
 pub fn default_allowed_devices() -> Vec<LinuxDeviceCgroup> {
     use LinuxDeviceType::{B, C};
     vec![
@@ -91,18 +94,34 @@ fn access_string(bits: u8) -> String {
 pub(crate) type DeviceKey = (char, Option<i64>, Option<i64>);
 
 /// The policy a rule list produces, computed the way the v1 kernel applies rules one by one:
-/// a default (allow or deny everything) plus exceptions with the opposite effect.
+/// a default (allow or deny everything) plus exceptions with the opposite effect, in the order
+/// the kernel keeps them (a new exception goes last, a repeated one merges in place).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DevicePolicy {
     pub default_allow: bool,
-    pub exceptions: BTreeMap<DeviceKey, u8>,
+    pub exceptions: Vec<(DeviceKey, u8)>,
 }
 
 impl DevicePolicy {
     fn deny_all() -> Self {
         DevicePolicy {
             default_allow: false,
-            exceptions: BTreeMap::new(),
+            exceptions: Vec::new(),
+        }
+    }
+
+    /// The access bits of one exception (0: none).
+    pub(crate) fn bits(&self, key: &DeviceKey) -> u8 {
+        self.exceptions
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(0, |(_, b)| *b)
+    }
+
+    fn add(&mut self, key: DeviceKey, bits: u8) {
+        match self.exceptions.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, cur)) => *cur |= bits,
+            None => self.exceptions.push((key, bits)),
         }
     }
 
@@ -133,14 +152,12 @@ impl DevicePolicy {
         let bits = access_bits(r)?;
         if r.allow() == self.default_allow {
             // Same effect as the default: take those bits out of the exception.
-            if let Some(cur) = self.exceptions.get_mut(&key) {
+            if let Some((_, cur)) = self.exceptions.iter_mut().find(|(k, _)| *k == key) {
                 *cur &= !bits;
-                if *cur == 0 {
-                    self.exceptions.remove(&key);
-                }
             }
+            self.exceptions.retain(|(_, b)| *b != 0);
         } else {
-            *self.exceptions.entry(key).or_insert(0) |= bits;
+            self.add(key, bits);
         }
         Ok(())
     }
@@ -183,7 +200,7 @@ impl DevicePolicy {
                 })
                 .fold(0, |a, b| a | b);
             let typ = typ.chars().next().unwrap_or('c');
-            *p.exceptions.entry((typ, n(maj), n(min))).or_insert(0) |= bits;
+            p.add((typ, n(maj), n(min)), bits);
         }
         p
     }
@@ -228,14 +245,23 @@ pub(crate) fn v1_line(r: &LinuxDeviceCgroup) -> Result<String, Error> {
     ))
 }
 
-/// v1: make devices.list say what the spec asks (deny everything, the spec's rules, runc's
-/// defaults). When the cgroup is already in allow-list mode (an update of a running
-/// container), new grants are written before old ones are revoked, so devices kept in both
-/// policies never blink off.
+/// v1: make devices.list say what the spec asks (the spec's rules in order, then the
+/// defaults). A cgroup without processes or children (a container being created) gets the
+/// policy written from scratch, so devices.list lists it in order. Otherwise (an update of a
+/// running container, already in allow-list mode) new grants are written before old ones are
+/// revoked, so devices kept in both policies never blink off.
 pub(crate) fn set_v1(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Error> {
     let target = DevicePolicy::from_spec(rules)?;
     let current = DevicePolicy::from_v1_list(&fs::read(dir, "devices.list")?);
     if current == target {
+        return Ok(());
+    }
+    let unused = fs::read(dir, "cgroup.procs")?.trim().is_empty() && !has_children(dir);
+    if unused && !target.default_allow {
+        fs::write("devices", dir, "devices.deny", "a")?;
+        for (key, bits) in &target.exceptions {
+            fs::write("devices", dir, "devices.allow", &v1_key_line(key, *bits))?;
+        }
         return Ok(());
     }
     if target.default_allow {
@@ -254,19 +280,30 @@ pub(crate) fn set_v1(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Erro
         current
     };
     for (key, bits) in &target.exceptions {
-        let have = base.exceptions.get(key).copied().unwrap_or(0);
+        let have = base.bits(key);
         if bits & !have != 0 {
             fs::write("devices", dir, "devices.allow", &v1_key_line(key, *bits))?;
         }
     }
     for (key, have) in &base.exceptions {
-        let keep = target.exceptions.get(key).copied().unwrap_or(0);
+        let keep = target.bits(key);
         let revoke = have & !keep & ACC_ALL;
         if revoke != 0 {
             fs::write("devices", dir, "devices.deny", &v1_key_line(key, revoke))?;
         }
     }
     Ok(())
+}
+
+/// Whether a cgroup directory has sub-cgroups (v1 refuses to reset the rules of a parent).
+fn has_children(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        })
+        .unwrap_or(false)
 }
 
 /// v2: a BPF_PROG_TYPE_CGROUP_DEVICE program built from the same policy, attached to the
@@ -311,11 +348,11 @@ mod tests {
         no_fuse_write.set_allow(false);
         let p = DevicePolicy::from_spec(&[deny_all.clone(), fuse, no_fuse_write])?;
         assert!(!p.default_allow);
-        assert_eq!(
-            p.exceptions.get(&('c', Some(10), Some(229))),
-            Some(&(ACC_READ | ACC_MKNOD))
-        );
-        assert_eq!(p.exceptions.get(&('c', Some(136), None)), Some(&ACC_ALL));
+        assert_eq!(p.bits(&('c', Some(10), Some(229))), ACC_READ | ACC_MKNOD);
+        assert_eq!(p.bits(&('c', Some(136), None)), ACC_ALL);
+        // The spec's rules first, in their order, then the defaults.
+        assert_eq!(p.exceptions[0].0, ('c', Some(10), Some(229)));
+        assert_eq!(p.exceptions[1].0, ('c', None, None));
         // An allow-all rule after the deny resets the list; the defaults add nothing then.
         let mut allow_all = deny_all.clone();
         allow_all.set_allow(true);

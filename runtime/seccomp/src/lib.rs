@@ -442,6 +442,26 @@ pub fn send_to_listener(
     metadata: Option<&str>,
     state: &serde_json::Value,
 ) -> Result<(), Error> {
+    let stream = std::os::unix::net::UnixStream::connect(listener_path).map_err(|source| {
+        Error::Listener {
+            path: listener_path.to_owned(),
+            source,
+        }
+    })?;
+    send_on_connection(&stream, listener_path, notify_fd, pid, metadata, state)
+}
+
+/// [`send_to_listener`] over a connection opened earlier (by a process that could still
+/// reach and write the socket: the runtime connects before namespaces and the user switch);
+/// `listener_path` only names it in errors. One message per connection: close it after.
+pub fn send_on_connection(
+    stream: &std::os::unix::net::UnixStream,
+    listener_path: &std::path::Path,
+    notify_fd: BorrowedFd<'_>,
+    pid: i32,
+    metadata: Option<&str>,
+    state: &serde_json::Value,
+) -> Result<(), Error> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
     let err = |source: std::io::Error| Error::Listener {
@@ -456,7 +476,6 @@ pub fn send_to_listener(
         "state": state,
     });
     let payload = serde_json::to_vec(&message).map_err(|e| err(e.into()))?;
-    let stream = std::os::unix::net::UnixStream::connect(listener_path).map_err(err)?;
     let fds = [notify_fd.as_raw_fd()];
     let iov = [std::io::IoSlice::new(&payload)];
     let cmsg = [ControlMessage::ScmRights(&fds)];

@@ -1,7 +1,7 @@
 //! `exec`: a new process inside a running container. The runtime joins the container's pid
 //! namespace and clones the child (a direct child of the runtime); the child joins the other
 //! namespaces of the container's init (user first, mount last), then goes through the same
-//! final steps as init (rlimits, no_new_privs, seccomp, capabilities, user, cwd, fds, execve).
+//! final steps as init (rlimits, cwd, fds, capabilities, user, no_new_privs, seccomp, execve).
 
 use std::convert::Infallible;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -49,7 +49,12 @@ pub struct ExecConfig<'a> {
     pub spec: &'a Spec,
     pub process: &'a Process,
     pub joins: Vec<(LinuxNamespaceType, OwnedFd)>,
+    /// The root of the container's init (`/proc/<pid>/root`) when its mount namespace is ours:
+    /// a container without a mount namespace of its own is chrooted there.
+    pub root: Option<OwnedFd>,
     pub console: Option<OwnedFd>,
+    /// Connection to linux.seccomp.listenerPath, opened by the runtime.
+    pub seccomp_listener: Option<(std::os::unix::net::UnixStream, std::path::PathBuf)>,
     pub preserve_fds: i32,
     /// The container's state JSON, for a seccomp agent (linux.seccomp.listenerPath).
     pub state_json: String,
@@ -99,22 +104,17 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
         Message::Go => {}
         other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
     }
-    // A seccomp agent's socket is a host path: open it before joining the mount namespace,
-    // and tell the agent our pid as the host sees it (the host's /proc, still ours here).
-    let profile = config
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref());
-    let listener = match profile {
-        Some(p) => match crate::seccomp::open_listener(p, &config.state_json)? {
-            Some(mut l) => {
-                let own = std::fs::read_link("/proc/self").ctx(|| "readlink /proc/self".into())?;
-                l.pid = own.to_str().and_then(|s| s.parse().ok());
-                Some(l)
-            }
-            None => None,
-        },
+    // The seccomp agent wants our pid as the host sees it: read before joining namespaces.
+    let listener = match config.seccomp_listener {
+        Some((connection, path)) => {
+            let own = std::fs::read_link("/proc/self").ctx(|| "readlink /proc/self".into())?;
+            Some(crate::seccomp::Listener {
+                connection,
+                path,
+                state_json: config.state_json.clone(),
+                pid: own.to_str().and_then(|s| s.parse().ok()),
+            })
+        }
         None => None,
     };
     for (typ, fd) in &config.joins {
@@ -126,6 +126,10 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
             nix::unistd::setresgid(0.into(), 0.into(), 0.into()).ctx(|| "setresgid(0)".into())?;
             nix::unistd::setresuid(0.into(), 0.into(), 0.into()).ctx(|| "setresuid(0)".into())?;
         }
+    }
+    if let Some(root) = &config.root {
+        nix::unistd::fchdir(root.as_raw_fd()).ctx(|| "fchdir to the container's root".into())?;
+        nix::unistd::chroot(".").ctx(|| "chroot into the container's root".into())?;
     }
     // Joining the mount namespace moved us to its root; make sure cwd is there too.
     nix::unistd::chdir("/").ctx(|| "chdir /".into())?;
@@ -157,7 +161,7 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
         &exe,
         &args,
         &env,
-        listener.as_ref(),
+        listener,
         init::KeptFds {
             preserved: config.preserve_fds,
             error_fd: channel.as_raw_fd(),

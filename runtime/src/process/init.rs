@@ -2,8 +2,9 @@
 //!
 //! Phase 1 (during `create`): join/unshare namespaces, hostname, sysctl, rootfs and mounts,
 //! pivot_root, console, rlimits; find the executable; report `Ready`. Phase 2 (after `start`
-//! connects to the exec socket): no_new_privs, seccomp, capabilities and user switch, umask,
-//! cwd, fds, execve. Phase-2 errors go back to `start` over its connection.
+//! connects to the exec socket): startContainer hooks, cwd, fds, capabilities and user switch,
+//! umask, no_new_privs, seccomp (last: a profile may deny what the runtime itself uses),
+//! execve. Phase-2 errors go back to `start` over its connection.
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -41,6 +42,9 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     let ns = config.namespaces;
     let in_userns =
         ns.has_new(LinuxNamespaceType::User) || ns.joins(LinuxNamespaceType::User).is_some();
+    // Host paths of our own cgroups (we are in them since `Go`), before a cgroup namespace,
+    // new or joined, re-roots what /proc/self/cgroup says.
+    let cgroup_binds = rootfs::own_cgroup_binds();
     if ns.has_new(LinuxNamespaceType::User) {
         become_root_in_userns()?;
     }
@@ -54,8 +58,6 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .ctx(|| "writing oom_score_adj".into())?;
     }
-    // Host paths of our own cgroups, before a cgroup namespace re-roots them.
-    let cgroup_binds = rootfs::own_cgroup_binds();
     let unshare_flags = ns.new
         - (CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWUSER
@@ -77,29 +79,41 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
         }
         false => String::new(),
     };
-    let listener = match seccomp_profile {
-        Some(p) => crate::seccomp::open_listener(p, &state_json)?,
-        None => None,
-    };
+    let listener = config
+        .seccomp_listener
+        .map(|(connection, path)| crate::seccomp::Listener {
+            connection,
+            path,
+            state_json: state_json.clone(),
+            pid: None,
+        });
+    // createContainer and startContainer run in the container's namespaces: their pid is ours.
+    let hook_state = crate::hooks::state_in_container(&state_json);
 
-    if !ns.has_new(LinuxNamespaceType::Mount) {
-        return Err(Error::Spec(
-            "linux.namespaces: a mount namespace is required".into(),
-        ));
-    }
-    rootfs::prepare(&RootfsContext {
+    // No mount namespace in the spec: the container's mounts go into the runtime's own, all
+    // on the rootfs bind; until `Ready`, a failure detaches that bind (and with it the rest).
+    let shares_runtime_mounts =
+        !ns.has_new(LinuxNamespaceType::Mount) && ns.joins(LinuxNamespaceType::Mount).is_none();
+    let rootfs_ctx = RootfsContext {
         spec,
         bundle: config.bundle,
         rootfs: config.rootfs,
         cgroup_binds: &cgroup_binds,
         in_userns,
-    })?;
+        shares_runtime_mounts,
+    };
+    rootfs::bind_rootfs(&rootfs_ctx)?;
+    let mut shared_mounts = SharedMountsGuard(shares_runtime_mounts.then(|| config.rootfs.into()));
+    rootfs::prepare(&rootfs_ctx)?;
     crate::hooks::run(
         "createContainer",
         hooks.and_then(|h| h.create_container().as_ref()),
-        &state_json,
+        &hook_state,
     )?;
-    rootfs::enter(config.rootfs, config.no_pivot)?;
+    rootfs::enter(config.rootfs, config.no_pivot, shares_runtime_mounts)?;
+    if shares_runtime_mounts {
+        shared_mounts.0 = Some("/".into());
+    }
     nix::unistd::setsid().ctx(|| "setsid".into())?;
     if process.terminal().unwrap_or(false) {
         let socket = config.console.ok_or_else(|| {
@@ -128,12 +142,14 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     }
 
     channel.send(&Message::Ready)?;
+    // From here on the container exists: `delete` undoes its mounts.
+    shared_mounts.0 = None;
     let conn = wait_for_start(&config.exec_listener)?;
     drop(config.exec_listener);
     let started = crate::hooks::run(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),
-        &state_json,
+        &hook_state,
     );
     let err = match started.and_then(|()| {
         finalize(
@@ -142,7 +158,7 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
             &exe,
             &args,
             &env,
-            listener.as_ref(),
+            listener,
             KeptFds {
                 preserved: config.preserve_fds,
                 error_fd: conn.as_raw_fd(),
@@ -156,6 +172,18 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     let _ = conn.write_all(err.to_string().as_bytes());
     // SAFETY: _exit ends init; `start` reads the error from the connection.
     unsafe { libc::_exit(1) }
+}
+
+/// Detaches the rootfs bind in the runtime's mount namespace (at the path it has before or after
+/// the chroot) when init fails before `Ready`.
+struct SharedMountsGuard(Option<PathBuf>);
+
+impl Drop for SharedMountsGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
 }
 
 /// Inside a new user namespace: become its root (uid/gid 0 are mapped by the parent).
@@ -299,24 +327,41 @@ pub(crate) fn finalize(
     exe: &Path,
     args: &[String],
     env: &[String],
-    listener: Option<&crate::seccomp::Listener>,
+    listener: Option<crate::seccomp::Listener>,
     fds: KeptFds,
 ) -> Result<Infallible> {
     let nnp = process.no_new_privileges().unwrap_or(false);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    if nnp {
-        // SAFETY: prctl with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(std::io::Error::last_os_error()).ctx(|| "setting no_new_privs".into());
-        }
-    }
-    if let (Some(profile), false) = (seccomp, nnp) {
-        crate::seccomp::load(profile, listener)?;
-    }
 
     crate::process::attrs::apply(spec, process)?;
+    // The cwd first, still as root (like runc and crun: a directory only root can enter works
+    // too), so its check is not at the mercy of the profile; a permission error is retried as
+    // the container's user below.
+    let cwd = process.cwd();
+    let cwd_pending = match nix::unistd::chdir(cwd) {
+        Ok(()) => {
+            check_cwd_inside(cwd)?;
+            false
+        }
+        Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) => true,
+        Err(e) => return Err(e).ctx(|| format!("chdir to cwd {}", cwd.display())),
+    };
     let caps = process.capabilities().as_ref();
     capabilities::drop_bounding(caps)?;
+    // CVE-2024-21626: no fd beyond stdio and the preserved ones may survive to the execve,
+    // not even close-on-exec: the path lookup of the executable could go through
+    // /proc/self/fd/N of one (a directory leaked to us) and run a host binary. Only
+    // `fds.error_fd` (a socket, to report an exec failure) and the seccomp agent's
+    // connection (a socket, closed once used) stay. Done before seccomp, which may deny it.
+    let agent = listener.as_ref().map(|l| l.connection.as_raw_fd());
+    close_fds_except(3 + fds.preserved.max(0), &[Some(fds.error_fd), agent])?;
+    let mut listener = listener;
+    // Without no_new_privs the kernel loads a filter only for CAP_SYS_ADMIN: before the user
+    // switch drops it (runc and crun do the same). With it: the very last step, below.
+    if let (Some(profile), false) = (seccomp, nnp) {
+        crate::seccomp::load(profile, listener.take())?;
+    }
+
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     let u = process.user();
@@ -339,10 +384,33 @@ pub(crate) fn finalize(
     if let Some(mask) = u.umask() {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
-    let cwd = process.cwd();
-    nix::unistd::chdir(cwd).ctx(|| format!("chdir to cwd {}", cwd.display()))?;
-    // CVE-2024-21626: a cwd reached through a leaked host fd is outside our root. The kernel
-    // then answers getcwd with "(unreachable)/…" and glibc turns that into ENOENT.
+    if cwd_pending {
+        nix::unistd::chdir(cwd).ctx(|| format!("chdir to cwd {}", cwd.display()))?;
+        check_cwd_inside(cwd)?;
+    }
+    if nnp {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| "setting no_new_privs".into());
+        }
+        if let Some(profile) = seccomp {
+            crate::seccomp::load(profile, listener.take())?;
+        }
+    }
+    drop(listener);
+
+    let cstr =
+        |s: &str| CString::new(s).map_err(|_| Error::Spec(format!("{s:?} contains a NUL byte")));
+    let exe_c = cstr(&exe.to_string_lossy())?;
+    let argv = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
+    let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
+    let err = nix::unistd::execve(&exe_c, &argv, &envp).unwrap_err();
+    Err(err).ctx(|| format!("exec {}", exe.display()))
+}
+
+/// CVE-2024-21626: a cwd reached through a leaked host fd is outside our root. The kernel then
+/// answers getcwd with "(unreachable)/…" and glibc turns that into ENOENT.
+fn check_cwd_inside(cwd: &Path) -> Result<()> {
     let outside = || {
         Error::Other(format!(
             "cwd {} is outside the container root",
@@ -357,29 +425,21 @@ pub(crate) fn finalize(
     if !real.is_absolute() || real.to_string_lossy().starts_with("(unreachable)") {
         return Err(outside());
     }
-
-    if let (Some(profile), true) = (seccomp, nnp) {
-        crate::seccomp::load(profile, listener)?;
-    }
-    // CVE-2024-21626: no fd beyond stdio and the preserved ones may survive to the execve,
-    // not even close-on-exec: the path lookup of the executable could go through
-    // /proc/self/fd/N of one (a directory leaked to us) and run a host binary. Only
-    // `fds.error_fd` (a socket, to report an exec failure) stays, close-on-exec.
-    close_fds_except(3 + fds.preserved.max(0), fds.error_fd)?;
-
-    let cstr =
-        |s: &str| CString::new(s).map_err(|_| Error::Spec(format!("{s:?} contains a NUL byte")));
-    let exe_c = cstr(&exe.to_string_lossy())?;
-    let argv = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
-    let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
-    let err = nix::unistd::execve(&exe_c, &argv, &envp).unwrap_err();
-    Err(err).ctx(|| format!("exec {}", exe.display()))
+    Ok(())
 }
 
-/// Close every fd from `first` up except `keep` (which must already be close-on-exec). The
-/// OwnedFds still holding closed numbers are never used again: execve follows, or an error
-/// report on `keep` and _exit.
-fn close_fds_except(first: i32, keep: RawFd) -> Result<()> {
+/// Close every fd from `first` up except those in `keep` (which must already be
+/// close-on-exec). The OwnedFds still holding closed numbers are never used again: execve
+/// follows, or an error report on a kept fd and _exit.
+fn close_fds_except(first: i32, keep: &[Option<RawFd>]) -> Result<()> {
+    let mut kept: Vec<RawFd> = keep
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|fd| *fd >= first)
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
     let close_range = |lo: i32, hi: libc::c_uint| -> bool {
         if (lo as libc::c_uint) > hi {
             return true;
@@ -387,19 +447,21 @@ fn close_fds_except(first: i32, keep: RawFd) -> Result<()> {
         // SAFETY: close_range closes fd numbers only; see the function comment for owners.
         unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi, 0) == 0 }
     };
-    let done = if keep >= first {
-        close_range(first, (keep - 1) as libc::c_uint) && close_range(keep + 1, libc::c_uint::MAX)
-    } else {
-        close_range(first, libc::c_uint::MAX)
-    };
+    let mut lo = first;
+    let mut done = true;
+    for fd in &kept {
+        done &= close_range(lo, (*fd - 1) as libc::c_uint);
+        lo = fd + 1;
+    }
+    done &= close_range(lo, libc::c_uint::MAX);
     if done {
         return Ok(());
     }
-    // Kernels without close_range (or a seccomp profile refusing it): walk /proc/self/fd.
+    // Kernels without close_range: walk /proc/self/fd.
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .ctx(|| "listing /proc/self/fd".into())?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd >= first && *fd != keep)
+        .filter(|fd| *fd >= first && !kept.contains(fd))
         .collect();
     for fd in fds {
         // SAFETY: as above; the directory fd of the listing is already closed (EBADF then).

@@ -29,6 +29,8 @@ pub struct InitConfig<'a> {
     pub exec_listener: OwnedFd,
     /// Connected `--console-socket`, when the process wants a terminal.
     pub console: Option<OwnedFd>,
+    /// Connection to linux.seccomp.listenerPath, opened by the runtime.
+    pub seccomp_listener: Option<(std::os::unix::net::UnixStream, std::path::PathBuf)>,
     pub no_pivot: bool,
     pub preserve_fds: i32,
 }
