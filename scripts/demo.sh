@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# nestbox demo: one pod with networking, no apiserver.
+# nestbox demo: nestlet in standalone mode — two pods from manifests, with networking, one
+# answering the other over HTTP. No apiserver.
 #
 # Builds everything, then inside a throw-away "node" network namespace (the host's own network
 # namespace is never touched):
-#   1. starts a pause container (nestbox-pause) with new net, ipc and uts namespaces,
-#   2. gives the pod eth0 and an address with the nestbox CNI bridge + host-local plugins,
-#   3. runs a busybox app container that joins the pause container's namespaces by path,
-#   4. shows that both share one network namespace, and that the app reaches the gateway,
-# and removes everything it made, also when a step fails.
+#   1. writes a CNI config (nestbox-bridge + nestbox-host-local: the operator's job; nestlet
+#      only reads it) and imports a busybox image (an OCI layout made with umoci),
+#   2. starts nestlet with a static pod manifest directory; each pod runs through
+#      containerd-shim-nestbox-v2 and the nestbox runtime: a nestbox-pause sandbox with new
+#      net/ipc/uts namespaces, CNI ADD, then the app container joined to the sandbox,
+#   3. drops in a web server pod (busybox httpd), then a client pod that fetches its page,
+#   4. shows the pods (`nestlet pods`) and the client's log in the CRI format,
+# and removes everything it made (pods, shims, cgroups, mounts, netns), also when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -19,22 +23,30 @@ BIN="$PWD/target/release"
 
 WORK=$(mktemp -d /tmp/nestbox-demo.XXXXXX)
 NODE="nbxdemo$$"
-ROOT="$WORK/state"
-CNI_BIN="$WORK/cni-bin"
-POD_ID="demo-pause-$$"
-APP_ID="demo-app-$$"
+CGROOT="/nestbox-demo-$$"
+NESTLET_PID=""
 
 cleanup() {
   set +e
-  if [ -n "${PAUSE_PID:-}" ]; then
-    ip netns exec "$NODE" env CNI_COMMAND=DEL CNI_CONTAINERID="$POD_ID" CNI_NETNS="/proc/$PAUSE_PID/ns/net" \
-      CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$CNI_BIN/nestbox-bridge" <"$WORK/net.conf" >/dev/null 2>&1
+  if [ -n "$NESTLET_PID" ]; then
+    # Removing the manifests makes nestlet stop the pods (CNI DEL, shims, cgroups, mounts).
+    rm -f "$WORK"/manifests/*.yaml
+    for _ in $(seq 1 60); do
+      [ -z "$(ls -A "$WORK/root/pods" 2>/dev/null)" ] && break
+      sleep 0.5
+    done
+    kill "$NESTLET_PID" 2>/dev/null; wait "$NESTLET_PID" 2>/dev/null
   fi
-  "$BIN/nestbox" --root "$ROOT" delete --force "$APP_ID" >/dev/null 2>&1
-  "$BIN/nestbox" --root "$ROOT" delete --force "$POD_ID" >/dev/null 2>&1
+  # Belt and braces after a failure: whatever still runs in the demo's cgroups, and mounts.
+  for d in /sys/fs/cgroup/*"$CGROOT" /sys/fs/cgroup/*/"$CGROOT"; do
+    [ -d "$d" ] && find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null
+  done
+  sleep 0.2
+  grep -o " $WORK[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  for d in /sys/fs/cgroup/*"$CGROOT" /sys/fs/cgroup/*/"$CGROOT"; do
+    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
   ip netns del "$NODE" >/dev/null 2>&1
-  # The containers' cgroups went with delete; drop their shared parent too (if now empty).
-  find /sys/fs/cgroup -maxdepth 2 -type d -name nestbox-demo -exec rmdir {} + 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -42,75 +54,116 @@ trap cleanup EXIT
 echo "== the node: network namespace $NODE"
 ip netns add "$NODE"
 ip -n "$NODE" link set lo up
+ip -n "$NODE" addr add 192.168.200.1/32 dev lo
 
-echo "== bundles"
-# The test image: busybox-static, one binary plus its applet links.
-mkdir -p "$WORK/app/rootfs"/{bin,proc,sys,dev,tmp,etc,root}
-cp /bin/busybox "$WORK/app/rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do
-  [ "$a" = busybox ] || ln -sf busybox "$WORK/app/rootfs/bin/$a"
-done
-echo "root:x:0:0:root:/root:/bin/sh" >"$WORK/app/rootfs/etc/passwd"
-echo "root:x:0:" >"$WORK/app/rootfs/etc/group"
-# The sandbox: only the static pause binary.
-mkdir -p "$WORK/pause/rootfs"/{proc,sys,dev}
-cp "$BIN/nestbox-pause" "$WORK/pause/rootfs/pause"
-
-(cd "$WORK/pause" && "$BIN/nestbox" spec)
-jq '.process.args = ["/pause"] | .process.terminal = false | .hostname = "demo-pod"
-    | .linux.cgroupsPath = "/nestbox-demo/'"$POD_ID"'"' \
-  "$WORK/pause/config.json" >"$WORK/pause/config.tmp" && mv "$WORK/pause/config.tmp" "$WORK/pause/config.json"
-
-echo "== pod sandbox: nestbox create + start (pause)"
-nsenter --net="/run/netns/$NODE" "$BIN/nestbox" --root "$ROOT" create --bundle "$WORK/pause" "$POD_ID"
-"$BIN/nestbox" --root "$ROOT" start "$POD_ID"
-PAUSE_PID=$("$BIN/nestbox" --root "$ROOT" state "$POD_ID" | jq -r .pid)
-echo "pause pid $PAUSE_PID, netns $(readlink /proc/$PAUSE_PID/ns/net)"
-
-echo "== pod network: CNI ADD with nestbox-bridge + nestbox-host-local (in the node netns)"
-bash scripts/install.sh --cni-bin-dir "$CNI_BIN" >/dev/null
-cat >"$WORK/net.conf" <<EOF
+echo "== CNI: plugins and a config (nestbox-bridge + nestbox-host-local, 10.200.0.0/24)"
+bash scripts/install.sh --cni-bin-dir "$WORK/cni-bin" >/dev/null
+mkdir -p "$WORK/net.d" "$WORK/manifests"
+cat >"$WORK/net.d/10-demo.conflist" <<CONF
 {
   "cniVersion": "1.0.0",
   "name": "demo",
-  "type": "nestbox-bridge",
-  "bridge": "nbx0",
-  "isGateway": true,
-  "isDefaultGateway": true,
-  "ipam": {
-    "type": "nestbox-host-local",
-    "ranges": [[{"subnet": "10.88.0.0/24"}]],
-    "dataDir": "$WORK/ipam"
-  }
+  "plugins": [{
+    "type": "nestbox-bridge",
+    "bridge": "nbx0",
+    "isGateway": true,
+    "isDefaultGateway": true,
+    "ipam": {
+      "type": "nestbox-host-local",
+      "ranges": [[{"subnet": "10.200.0.0/24"}]],
+      "dataDir": "$WORK/ipam"
+    }
+  }]
 }
-EOF
-ip netns exec "$NODE" env CNI_COMMAND=ADD CNI_CONTAINERID="$POD_ID" CNI_NETNS="/proc/$PAUSE_PID/ns/net" \
-  CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$CNI_BIN/nestbox-bridge" <"$WORK/net.conf" >"$WORK/result.json"
-jq . "$WORK/result.json"
-POD_IP=$(jq -r '.ips[0].address' "$WORK/result.json")
-GW=$(jq -r '.ips[0].gateway' "$WORK/result.json")
+CONF
 
-echo "== app container joins the pod's net, ipc and uts namespaces by path"
-(cd "$WORK/app" && "$BIN/nestbox" spec)
-jq --arg pid "$PAUSE_PID" --arg gw "$GW" --arg id "$APP_ID" '
-    .process.terminal = false
-  | .process.args = ["sh", "-c", "echo app netns: $(readlink /proc/self/ns/net); echo hostname: $(hostname); ip -4 addr show eth0; ping -c 2 -W 2 " + $gw]
-  | .process.capabilities |= with_entries(.value += ["CAP_NET_RAW"])
-  | del(.hostname)
-  | .linux.cgroupsPath = "/nestbox-demo/" + $id
-  | .linux.namespaces = [
-      {"type": "pid"}, {"type": "mount"},
-      {"type": "network", "path": ("/proc/" + $pid + "/ns/net")},
-      {"type": "ipc", "path": ("/proc/" + $pid + "/ns/ipc")},
-      {"type": "uts", "path": ("/proc/" + $pid + "/ns/uts")}]' \
-  "$WORK/app/config.json" >"$WORK/app/config.tmp" && mv "$WORK/app/config.tmp" "$WORK/app/config.json"
-"$BIN/nestbox" --root "$ROOT" run --bundle "$WORK/app" "$APP_ID" | tee "$WORK/app.out"
+echo "== image: busybox-static as an OCI layout (umoci), imported into nestlet's store"
+mkdir -p "$WORK/rootfs"/{bin,proc,sys,dev,tmp,etc,root}
+cp /bin/busybox "$WORK/rootfs/bin/busybox"
+for a in $(/bin/busybox --list); do
+  [ "$a" = busybox ] || ln -sf busybox "$WORK/rootfs/bin/$a"
+done
+echo "root:x:0:0:root:/root:/bin/sh" >"$WORK/rootfs/etc/passwd"
+echo "root:x:0:" >"$WORK/rootfs/etc/group"
+umoci init --layout "$WORK/oci"
+umoci new --image "$WORK/oci:1"
+umoci unpack --image "$WORK/oci:1" "$WORK/unpacked" >/dev/null
+cp -a "$WORK/rootfs/." "$WORK/unpacked/rootfs/"
+umoci repack --image "$WORK/oci:1" "$WORK/unpacked"
+umoci config --image "$WORK/oci:1" --config.cmd sh --config.env PATH=/usr/sbin:/usr/bin:/sbin:/bin
+"$BIN/nestlet" image import "$WORK/oci" --name demo.local/busybox:1 --root "$WORK/root"
+"$BIN/nestlet" image ls --root "$WORK/root"
 
-echo "== result"
-echo "pause netns: $(readlink /proc/$PAUSE_PID/ns/net)"
-if grep -qF "app netns: $(readlink /proc/$PAUSE_PID/ns/net)" "$WORK/app.out"; then
-  echo "OK: the app container shares the pod's network namespace; pod IP $POD_IP reaches gateway $GW"
+echo "== nestlet (standalone: --pod-manifest-path, no --kubeconfig) in the node namespace"
+nsenter --net="/run/netns/$NODE" "$BIN/nestlet" --node-name demo --root "$WORK/root" \
+  --pod-manifest-path "$WORK/manifests" --pod-log-dir "$WORK/logs" \
+  --cni-conf-dir "$WORK/net.d" --cni-bin-dir "$WORK/cni-bin" --cgroup-root "$CGROOT" \
+  2>"$WORK/nestlet.log" &
+NESTLET_PID=$!
+
+status() { # pod name, jq filter on its status.json
+  for s in "$WORK"/root/pods/*/state.json; do
+    [ -f "$s" ] || continue
+    if [ "$(jq -r .name "$s")" = "$1" ] && [ -f "$(dirname "$s")/status.json" ]; then
+      jq -r "$2" "$(dirname "$s")/status.json"
+      return
+    fi
+  done
+}
+wait_phase() { # pod name, phase
+  for _ in $(seq 1 120); do
+    [ "$(status "$1" .phase)" = "$2" ] && return 0
+    sleep 0.5
+  done
+  echo "pod $1 did not reach $2; nestlet's log:" >&2
+  tail -20 "$WORK/nestlet.log" >&2
+  return 1
+}
+
+echo "== pod 1: a web server (busybox httpd on :8080)"
+cat >"$WORK/manifests/web.yaml" <<'POD'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: httpd
+    image: demo.local/busybox:1
+    command: ["sh", "-c", "mkdir -p /www && echo \"hello from pod $(hostname)\" > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports:
+    - containerPort: 8080
+POD
+wait_phase web-demo Running
+WEB_IP=$(status web-demo .podIP)
+echo "web-demo is Running at $WEB_IP"
+
+echo "== pod 2: a client that fetches the page from pod 1"
+cat >"$WORK/manifests/client.yaml" <<POD
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  restartPolicy: Never
+  containers:
+  - name: wget
+    image: demo.local/busybox:1
+    env:
+    - name: WEB
+      value: "$WEB_IP"
+    command: ["sh", "-c", "echo client at \$(hostname -i); wget -qO- http://\$(WEB):8080/"]
+POD
+wait_phase client-demo Succeeded
+
+echo "== nestlet pods"
+"$BIN/nestlet" pods --root "$WORK/root"
+echo "== the client's log (CRI format: time, stream, full/partial, text)"
+cat "$WORK"/logs/default_client-demo_*/wget/0.log
+if grep -q "stdout F hello from pod web-demo" "$WORK"/logs/default_client-demo_*/wget/0.log; then
+  echo "OK: pod client-demo reached pod web-demo ($WEB_IP) over HTTP"
 else
-  echo "FAIL: the app container is not in the pod's network namespace" >&2
+  echo "FAIL: the client did not get the server's page" >&2
   exit 1
 fi

@@ -11,6 +11,8 @@ PKGS=(
   nftables iptables iputils-ping wget
   # real peers
   runc crun containerd podman containernetworking-plugins etcd-server openssl curl
+  # nestlet: a real registry, and the tools that make and push the test image
+  docker-registry skopeo umoci
   # benchmarks
   hyperfine time iperf3
   # nestbox-netdiag: BPF programs built by clang against libbpf's headers; bpftool to
