@@ -201,14 +201,10 @@ pub fn require_nestlet_peers() {
     for c in ["ip", "nsenter", "umoci", "curl"] {
         require_cmd(c);
     }
-    for b in [
-        "nestlet",
-        "containerd-shim-nestbox-v2",
-        "nestbox",
-        "nestbox-pause",
-    ] {
+    for b in ["nestlet", "nestbox", "nestbox-pause"] {
         bin(b);
     }
+    nestbox_tests::shim_bin();
 }
 
 impl Nestlet {
@@ -234,10 +230,8 @@ impl Nestlet {
             format!("--cni-conf-dir={}", conf_dir.display()),
             format!("--cni-bin-dir={}:{REFERENCE_CNI}", cni.path().display()),
             format!("--cgroup-root={cgroup_root}"),
-            format!(
-                "--shim-binary={}",
-                bin("containerd-shim-nestbox-v2").display()
-            ),
+            // The shim under test: the installed (static) build when scripts/test.sh runs.
+            format!("--shim-binary={}", nestbox_tests::shim_bin().display()),
             format!("--runtime-binary={}", bin("nestbox").display()),
             format!("--pause-binary={}", bin("nestbox-pause").display()),
         ];
