@@ -30,6 +30,10 @@ pub trait Backend {
         own: &Lease,
         peers: &[Lease],
     ) -> Result<usize, Error>;
+    /// The overlay device this backend owns (`flannel.1`, `flannel0`), if any.
+    fn device(&self) -> Option<String> {
+        None
+    }
     /// Remove everything this backend programs (`--cleanup`).
     fn cleanup(&mut self, network: Option<Ipv4Network>) -> Result<(), Error>;
 }
