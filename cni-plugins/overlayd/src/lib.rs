@@ -11,6 +11,7 @@ pub mod config;
 pub mod iface;
 pub mod masq;
 pub mod subnet;
+pub mod takeover;
 
 use std::io;
 
