@@ -53,6 +53,8 @@ pub struct Link {
     pub mtu: u32,
     /// `txqueuelen` (`qlen` in `ip link`).
     pub txqlen: u32,
+    /// Segments the stack may put in one GSO packet for this link.
+    pub gso_max_segs: u32,
     /// For a VXLAN device: its settings as the kernel reports them.
     pub vxlan: Option<VxlanInfo>,
 }
@@ -126,6 +128,7 @@ const IFLA_MTU: u16 = 4;
 const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_TXQLEN: u16 = 13;
+const IFLA_GSO_MAX_SEGS: u16 = 40;
 const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
@@ -150,10 +153,9 @@ impl Link {
             let nla = nla?;
             match nla.kind() {
                 IFLA_ADDRESS | IFLA_IFNAME | IFLA_MTU | IFLA_LINK | IFLA_MASTER
-                | IFLA_OPERSTATE | IFLA_TXQLEN => l.apply(&LinkAttribute::parse_with_param(
-                    &nla,
-                    header.interface_family,
-                )?),
+                | IFLA_OPERSTATE | IFLA_TXQLEN | IFLA_GSO_MAX_SEGS => l.apply(
+                    &LinkAttribute::parse_with_param(&nla, header.interface_family)?,
+                ),
                 IFLA_LINKINFO => {
                     let kind = NlasIterator::new(nla.value())
                         .filter_map(Result::ok)
@@ -184,6 +186,7 @@ impl Link {
             LinkAttribute::Link(i) => l.peer = Some(*i),
             LinkAttribute::Mtu(m) => l.mtu = *m,
             LinkAttribute::TxQueueLen(q) => l.txqlen = *q,
+            LinkAttribute::GsoMaxSegs(n) => l.gso_max_segs = *n,
             LinkAttribute::OperState(s) => l.oper_up = *s == State::Up,
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
@@ -773,6 +776,12 @@ impl Netlink {
         self.set_link(index, |m| m.attributes.push(LinkAttribute::Mtu(mtu)))
     }
 
+    pub fn set_gso_max_segs(&mut self, index: u32, segs: u32) -> io::Result<()> {
+        self.set_link(index, |m| {
+            m.attributes.push(LinkAttribute::GsoMaxSegs(segs))
+        })
+    }
+
     pub fn set_txqlen(&mut self, index: u32, txqlen: u32) -> io::Result<()> {
         self.set_link(index, |m| {
             m.attributes.push(LinkAttribute::TxQueueLen(txqlen))
@@ -958,6 +967,20 @@ impl Netlink {
             m.header.flags = RouteFlags::Onlink;
         }
         m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    /// `ip route replace <dst> dev <oif>` with universe scope (main table, proto boot):
+    /// a whole network through a point-to-point device such as a TUN.
+    pub fn replace_dev_route(&mut self, dst: IpNetwork, oif: u32) -> io::Result<()> {
+        let mut m = route_msg(dst);
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Universe;
         m.attributes.push(RouteAttribute::Oif(oif));
         self.request(
             RouteNetlinkMessage::NewRoute(m),
