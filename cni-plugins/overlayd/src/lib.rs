@@ -12,6 +12,7 @@ pub mod iface;
 pub mod masq;
 pub mod subnet;
 pub mod takeover;
+pub mod udp;
 
 use std::io;
 

@@ -4,6 +4,7 @@
 //! compares the desired state with the kernel and fixes only the difference.
 
 pub mod hostgw;
+pub mod udp;
 pub mod vxlan;
 
 use std::net::{IpAddr, Ipv4Addr};
