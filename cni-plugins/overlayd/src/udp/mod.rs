@@ -7,10 +7,11 @@
 //! `read` brings up to 64 KiB of a TCP stream, split here into MTU-sized packets
 //! (tun-rs's `gso_split`, checksums filled in); a train of those packets to one peer
 //! leaves in one `sendmmsg` message with UDP GSO. On the way in, `recvmmsg` with UDP GRO
-//! brings trains back, and the packets of one TCP flow are coalesced again (tun-rs's GRO
-//! table) into one TSO write to the TUN. On the wire each datagram still holds exactly
+//! brings trains back, and the packets of one TCP flow are coalesced again into one TSO
+//! write to the TUN (a `writev` straight from the receive buffers, [`coalesce`]). On the wire each datagram still holds exactly
 //! one IP packet: flannel's UDP nodes and ours talk to each other.
 
+pub mod coalesce;
 pub mod mmsg;
 pub mod wire;
 
@@ -20,8 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use tun_rs::{DeviceBuilder, GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{DeviceBuilder, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use self::coalesce::Coalescer;
 use self::mmsg::{Receiver, Sender};
 use self::wire::{gro_segments, ipv4_dst, net_unreachable, PeerTable};
 use crate::Error;
@@ -156,8 +158,6 @@ struct Worker {
 const SPLIT_BUFS: usize = IDEAL_BATCH_SIZE;
 /// Datagrams per recvmmsg (each up to 64 KiB with GRO).
 const RECV_BATCH: usize = 8;
-/// Packets handed to the GRO table per TUN write batch.
-const WRITE_BATCH: usize = 64;
 
 impl Worker {
     fn table(&self) -> Arc<PeerTable> {
@@ -176,10 +176,7 @@ impl Worker {
         let mut sizes = vec![0usize; SPLIT_BUFS];
         let mut sender = Sender::new();
         let mut receiver = Receiver::new(RECV_BATCH, 65_536);
-        let mut to_tun: Vec<Vec<u8>> = (0..WRITE_BATCH)
-            .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + seg_len))
-            .collect();
-        let mut gro = GROTable::default();
+        let mut coalescer = Coalescer::default();
         let mut logged_tun_error = false;
 
         while !self.stop.load(Ordering::Relaxed) {
@@ -215,7 +212,7 @@ impl Worker {
                 );
             }
             if fds[1].revents & libc::POLLIN != 0 {
-                self.peers_to_tun(&mut receiver, &mut to_tun, &mut gro);
+                self.peers_to_tun(&mut receiver, &mut coalescer);
             }
         }
     }
@@ -288,12 +285,12 @@ impl Worker {
         }
     }
 
-    /// Read the socket until it is empty (bounded), write the packets to the TUN with
-    /// the packets of each TCP flow coalesced.
-    fn peers_to_tun(&self, rx: &mut Receiver, to_tun: &mut [Vec<u8>], gro: &mut GROTable) {
+    /// Read the socket until it is empty (bounded); write each batch's packets to the
+    /// TUN, the packets of each TCP stream coalesced.
+    fn peers_to_tun(&self, rx: &mut Receiver, coalescer: &mut Coalescer) {
         let sock_fd = self.sock.as_raw_fd();
+        let tun_fd = self.dev.as_raw_fd();
         let table = self.table();
-        let mut k = 0;
         for _round in 0..16 {
             let n = match rx.recv(sock_fd) {
                 Ok(0) => break,
@@ -303,6 +300,7 @@ impl Worker {
                     break;
                 }
             };
+            let mut pkts: Vec<&[u8]> = Vec::with_capacity(n * 64);
             for i in 0..n {
                 let (src, data, seg) = rx.get(i);
                 if data.is_empty() {
@@ -312,33 +310,12 @@ impl Worker {
                     self.stats.foreign.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                for pkt in gro_segments(data, seg) {
-                    if ipv4_dst(pkt).is_none() {
-                        continue;
-                    }
-                    let b = &mut to_tun[k];
-                    b.clear();
-                    b.resize(VIRTIO_NET_HDR_LEN, 0);
-                    b.extend_from_slice(pkt);
-                    k += 1;
-                    if k == to_tun.len() {
-                        self.write_tun(&mut to_tun[..k], gro);
-                        k = 0;
-                    }
-                }
+                pkts.extend(gro_segments(data, seg).filter(|p| ipv4_dst(p).is_some()));
             }
-        }
-        if k > 0 {
-            self.write_tun(&mut to_tun[..k], gro);
-        }
-    }
-
-    fn write_tun(&self, bufs: &mut [Vec<u8>], gro: &mut GROTable) {
-        self.stats
-            .from_peers
-            .fetch_add(bufs.len() as u64, Ordering::Relaxed);
-        if let Err(e) = self.dev.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
-            tracing::debug!(error = %e, "TUN write");
+            self.stats
+                .from_peers
+                .fetch_add(pkts.len() as u64, Ordering::Relaxed);
+            coalescer.write_all(tun_fd, &pkts);
         }
     }
 }
