@@ -80,7 +80,6 @@ impl Udp {
             self.queues,
             SocketAddrV4::new(self.underlay.ip, self.port),
             own.subnet.network(),
-            self.mtu(),
         )?;
         self.fwd = Some(fwd);
         let l = self

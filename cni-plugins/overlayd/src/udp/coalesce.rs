@@ -14,10 +14,8 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// `struct virtio_net_hdr` (10 bytes, native endian: the TUN's default).
-pub const VNET_HDR_LEN: usize = 10;
-const VNET_F_NEEDS_CSUM: u8 = 1;
-const VNET_GSO_TCPV4: u8 = 1;
+use super::tso::{fold, sum, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN};
+
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 /// Packets per TSO write (the kernel's GSO limit is 64 KiB anyway).
@@ -77,25 +75,6 @@ fn continues(first: &Tcp4, prev: &Tcp4, next: &Tcp4) -> bool {
         && a[28..32] == b[28..32]
         // TCP options.
         && a[40..20 + first.thl] == b[40..20 + first.thl]
-}
-
-fn fold(mut sum: u64) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-fn sum16(data: &[u8]) -> u64 {
-    let mut s = 0u64;
-    let mut c = data.chunks_exact(2);
-    for w in &mut c {
-        s += u16::from_be_bytes([w[0], w[1]]) as u64;
-    }
-    if let [last] = c.remainder() {
-        s += (*last as u64) << 8;
-    }
-    s
 }
 
 /// Reused buffers for building the writes.
@@ -178,8 +157,8 @@ impl Coalescer {
         let tcp_len = total - 20;
         // virtio_net_hdr, then the first packet's IP and TCP headers.
         self.head.clear();
-        self.head.push(VNET_F_NEEDS_CSUM);
-        self.head.push(VNET_GSO_TCPV4);
+        self.head.push(F_NEEDS_CSUM);
+        self.head.push(GSO_TCPV4);
         self.head.extend_from_slice(&(hl as u16).to_ne_bytes());
         self.head
             .extend_from_slice(&(first.payload as u16).to_ne_bytes());
@@ -190,12 +169,12 @@ impl Coalescer {
         let tcp = VNET_HDR_LEN + 20;
         self.head[ip + 2..ip + 4].copy_from_slice(&(total as u16).to_be_bytes());
         self.head[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
-        let c = !fold(sum16(&self.head[ip..ip + 20]));
+        let c = !fold(sum(&self.head[ip..ip + 20]));
         self.head[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
         // PSH of the last packet carries over.
         self.head[tcp + 13] |= last.flags & TCP_PSH;
         // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
-        let pseudo = sum16(&first.pkt[12..20]) + 6 + tcp_len as u64;
+        let pseudo = sum(&first.pkt[12..20]) + 6 + tcp_len as u64;
         self.head[tcp + 16..tcp + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
 
         self.iov.clear();
@@ -316,15 +295,15 @@ mod tests {
         let mut c = Coalescer::default();
         let w = c.build(&refs);
         let (vh, p) = w.split_at(VNET_HDR_LEN);
-        assert_eq!(vh[0], VNET_F_NEEDS_CSUM);
-        assert_eq!(vh[1], VNET_GSO_TCPV4);
+        assert_eq!(vh[0], F_NEEDS_CSUM);
+        assert_eq!(vh[1], GSO_TCPV4);
         assert_eq!(u16::from_ne_bytes([vh[2], vh[3]]), 52, "hdr_len");
         assert_eq!(u16::from_ne_bytes([vh[4], vh[5]]), 100, "gso_size");
         assert_eq!(u16::from_ne_bytes([vh[6], vh[7]]), 20, "csum_start");
         assert_eq!(u16::from_ne_bytes([vh[8], vh[9]]), 16, "csum_offset");
         assert_eq!(p.len(), 52 + 240);
         assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, p.len());
-        assert_eq!(!fold(sum16(&p[..20])), 0, "IP header checksum");
+        assert_eq!(!fold(sum(&p[..20])), 0, "IP header checksum");
         assert_eq!(p[33], TCP_ACK | TCP_PSH);
         // The payload is the three payloads in order.
         assert_eq!(&p[52..152], &pkts[0][52..]);
@@ -335,9 +314,9 @@ mod tests {
         let partial = u16::from_be_bytes([q[36], q[37]]);
         q[36] = 0;
         q[37] = 0;
-        let full = !fold(sum16(&q[20..]) + partial as u64);
+        let full = !fold(sum(&q[20..]) + partial as u64);
         q[36..38].copy_from_slice(&full.to_be_bytes());
-        let pseudo = sum16(&q[12..20]) + 6 + (q.len() - 20) as u64;
-        assert_eq!(!fold(pseudo + sum16(&q[20..])), 0, "TCP checksum");
+        let pseudo = sum(&q[12..20]) + 6 + (q.len() - 20) as u64;
+        assert_eq!(!fold(pseudo + sum(&q[20..])), 0, "TCP checksum");
     }
 }

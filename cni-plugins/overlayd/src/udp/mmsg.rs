@@ -132,7 +132,12 @@ impl Receiver {
     }
 }
 
-/// One message of a batch: packets `first..first+count` of the iovec list to `dst`.
+/// A packet to send: its destination and its bytes in two parts (a segment's own
+/// headers and its payload inside the TUN read; or a whole packet and nothing).
+pub type Out<'a> = (SocketAddrV4, &'a [u8], &'a [u8]);
+
+/// One message of a batch: packets `first..first+count` to `dst`, a train of `seg`-byte
+/// datagrams (the last may be shorter).
 struct Msg {
     dst: SocketAddrV4,
     first: usize,
@@ -173,10 +178,10 @@ impl Sender {
 
     /// Group `pkts` into messages: consecutive packets to one peer of one size (the last
     /// may be shorter) form a GSO train.
-    fn group(&mut self, pkts: &[(SocketAddrV4, &[u8])]) {
+    fn group(&mut self, pkts: &[Out]) {
         self.msgs.clear();
-        for (i, (dst, p)) in pkts.iter().enumerate() {
-            let len = p.len();
+        for (i, (dst, head, body)) in pkts.iter().enumerate() {
+            let len = head.len() + body.len();
             if let Some(m) = self.msgs.last_mut() {
                 if self.gso
                     && m.dst == *dst
@@ -202,9 +207,9 @@ impl Sender {
         }
     }
 
-    /// Send every packet (destination, bytes). Errors for single messages (an
-    /// unreachable peer) drop those messages and are counted in the result.
-    pub fn send(&mut self, fd: RawFd, pkts: &[(SocketAddrV4, &[u8])]) -> io::Result<usize> {
+    /// Send every packet. Errors for single messages (an unreachable peer) drop those
+    /// messages; returns how many packets were dropped so.
+    pub fn send(&mut self, fd: RawFd, pkts: &[Out]) -> io::Result<usize> {
         if pkts.is_empty() {
             return Ok(0);
         }
@@ -215,27 +220,34 @@ impl Sender {
         self.hdrs.clear();
         self.cmsgs.clear();
         self.cmsgs.resize(n, [0; 8]);
-        for (_, p) in pkts {
-            self.iovs.push(libc::iovec {
-                iov_base: p.as_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
-            });
-        }
+        // Each packet's parts, in order; a message's iovecs are contiguous.
+        let mut first_iov = Vec::with_capacity(n);
         for m in &self.msgs {
+            first_iov.push(self.iovs.len());
+            for (_, head, body) in &pkts[m.first..m.first + m.count] {
+                for part in [head, body] {
+                    if !part.is_empty() {
+                        self.iovs.push(libc::iovec {
+                            iov_base: part.as_ptr() as *mut libc::c_void,
+                            iov_len: part.len(),
+                        });
+                    }
+                }
+            }
             self.names.push(sockaddr(&m.dst));
         }
+        first_iov.push(self.iovs.len());
         for (i, m) in self.msgs.iter().enumerate() {
             // SAFETY: all-zero is a valid mmsghdr; every pointer set here points into
             // vectors that are not resized until sendmmsg has returned.
             let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
             h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
             h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut self.iovs[m.first];
-            h.msg_hdr.msg_iovlen = m.count;
+            h.msg_hdr.msg_iov = self.iovs[first_iov[i]..].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = first_iov[i + 1] - first_iov[i];
             if m.count > 1 {
-                let space = mem::size_of::<Cmsg>();
                 h.msg_hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = space;
+                h.msg_hdr.msg_controllen = mem::size_of::<Cmsg>();
                 // SAFETY: the control buffer is 64 bytes, 8-aligned: room for one header
                 // and a u16 (CMSG_SPACE(2) = 24).
                 unsafe {
@@ -278,7 +290,7 @@ impl Sender {
                     }
                     self.gso = false;
                     let first = self.msgs[off].first;
-                    let rest: Vec<(SocketAddrV4, &[u8])> = pkts[first..].to_vec();
+                    let rest: Vec<Out> = pkts[first..].to_vec();
                     return self.send(fd, &rest).map(|d| d + dropped);
                 }
                 _ => {
@@ -369,14 +381,15 @@ mod tests {
         let b: SocketAddrV4 = "10.0.0.2:8285".parse().unwrap();
         let big = [0u8; 1400];
         let small = [0u8; 60];
-        let pkts: Vec<(SocketAddrV4, &[u8])> = vec![
-            (a, &big),
-            (a, &big),
-            (a, &small), // ends the train
-            (a, &big),   // a new one: nothing may follow a shorter last
-            (b, &big),
-            (b, &small),
-            (b, &small), // two small ones after a train end: own message
+        let e: &[u8] = &[];
+        let pkts: Vec<Out> = vec![
+            (a, &big, e),
+            (a, &big[..1000], &big[..400]), // in two parts: the same size
+            (a, &small, e),                 // ends the train
+            (a, &big, e),                   // a new one: nothing may follow a shorter last
+            (b, &big, e),
+            (b, &small, e),
+            (b, &small, e), // two small ones after a train end: own message
         ];
         let mut s = Sender::new();
         s.group(&pkts);
@@ -396,12 +409,12 @@ mod tests {
     fn trains_stop_at_64_segments_and_64k() {
         let a: SocketAddrV4 = "10.0.0.1:8285".parse().unwrap();
         let p = [0u8; 100];
-        let pkts: Vec<(SocketAddrV4, &[u8])> = (0..100).map(|_| (a, &p[..])).collect();
+        let pkts: Vec<Out> = (0..100).map(|_| (a, &p[..], &[][..])).collect();
         let mut s = Sender::new();
         s.group(&pkts);
         assert_eq!(s.msgs[0].count, 64);
         let big = [0u8; 1472];
-        let pkts: Vec<(SocketAddrV4, &[u8])> = (0..60).map(|_| (a, &big[..])).collect();
+        let pkts: Vec<Out> = (0..60).map(|_| (a, &big[..], &[][..])).collect();
         s.group(&pkts);
         assert!(s.msgs[0].bytes <= MAX_GSO_BYTES);
         assert_eq!(s.msgs[0].count, MAX_GSO_BYTES / 1472);

@@ -4,15 +4,16 @@
 //!
 //! Why it is not slow like flannel's proxy (one packet per `read`, one per `sendto`, one
 //! per `write`, three copies each): the TUN carries virtio-net headers with TSO, so one
-//! `read` brings up to 64 KiB of a TCP stream, split here into MTU-sized packets
-//! (tun-rs's `gso_split`, checksums filled in); a train of those packets to one peer
-//! leaves in one `sendmmsg` message with UDP GSO. On the way in, `recvmmsg` with UDP GRO
+//! `read` brings up to 64 KiB of a TCP stream, split here into MTU-sized packets without
+//! copying the payload ([`tso`]: per-segment headers and checksums, payload slices); a
+//! train of those packets to one peer leaves in one `sendmmsg` message with UDP GSO. On the way in, `recvmmsg` with UDP GRO
 //! brings trains back, and the packets of one TCP flow are coalesced again into one TSO
 //! write to the TUN (a `writev` straight from the receive buffers, [`coalesce`]). On the wire each datagram still holds exactly
 //! one IP packet: flannel's UDP nodes and ours talk to each other.
 
 pub mod coalesce;
 pub mod mmsg;
+pub mod tso;
 pub mod wire;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -21,10 +22,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use tun_rs::{DeviceBuilder, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{DeviceBuilder, SyncDevice};
 
 use self::coalesce::Coalescer;
-use self::mmsg::{Receiver, Sender};
+use self::mmsg::{Out, Receiver, Sender};
+use self::tso::{
+    complete_csum, split_tcp4, Segment, VnetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, VNET_HDR_LEN,
+};
 use self::wire::{gro_segments, ipv4_dst, net_unreachable, PeerTable};
 use crate::Error;
 
@@ -51,13 +55,12 @@ pub struct Forwarder {
 impl Forwarder {
     /// Create the TUN `name` with `queues` queues and start one worker per queue,
     /// sending from and listening on `local`. `tun_addr` is the source of the ICMP
-    /// errors the forwarder answers with.
+    /// errors the forwarder answers with. (The MTU is the backend's to set.)
     pub fn start(
         name: &str,
         queues: usize,
         local: SocketAddrV4,
         tun_addr: Ipv4Addr,
-        mtu: u32,
     ) -> Result<Forwarder, Error> {
         let queues = queues.max(1);
         let first = DeviceBuilder::new()
@@ -73,6 +76,11 @@ impl Forwarder {
                 .map_err(|e| Error::Interface(format!("opening a queue of {name}: {e}")))?;
             devs.push(q);
         }
+        // Offloads the forwarder handles: checksum and TCP/IPv4 segmentation. (tun-rs
+        // turns on IPv6 TSO and UDP segmentation too; nothing here would split those.)
+        // Device-wide, so after every queue is open.
+        set_offload(devs[0].as_raw_fd(), TUN_F_CSUM | TUN_F_TSO4)
+            .map_err(|e| Error::Interface(format!("TUNSETOFFLOAD on {name}: {e}")))?;
         let mut socks = Vec::new();
         for _ in 0..queues {
             socks.push(mmsg::socket(local).map_err(|e| {
@@ -95,7 +103,6 @@ impl Forwarder {
                 stop: Arc::clone(&stop),
                 stats: Arc::clone(&stats),
                 tun_addr,
-                mtu: mtu as usize,
             };
             workers.push(
                 std::thread::Builder::new()
@@ -143,6 +150,20 @@ impl Drop for Forwarder {
     }
 }
 
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+
+fn set_offload(fd: std::os::fd::RawFd, flags: libc::c_uint) -> std::io::Result<()> {
+    const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0; // _IOW('T', 208, unsigned int)
+                                                      // SAFETY: TUNSETOFFLOAD takes its argument by value; fd is a TUN queue we own.
+    let r = unsafe { libc::ioctl(fd, TUNSETOFFLOAD, flags as libc::c_ulong) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 struct Worker {
     dev: SyncDevice,
     sock: OwnedFd,
@@ -150,12 +171,12 @@ struct Worker {
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
     tun_addr: Ipv4Addr,
-    mtu: usize,
 }
 
-/// Packets split from TUN reads before they are sent (a 64 KiB TSO read at the
-/// smallest MSS the kernel uses for a 1472-byte MTU is ~48 packets).
-const SPLIT_BUFS: usize = IDEAL_BATCH_SIZE;
+/// TUN reads batched before one sendmmsg: an arena of this many 64 KiB reads.
+const READ_BATCH: usize = 4;
+/// The most packets taken from the TUN before they are sent.
+const MAX_OUT: usize = 256;
 /// Datagrams per recvmmsg (each up to 64 KiB with GRO).
 const RECV_BATCH: usize = 8;
 
@@ -170,10 +191,7 @@ impl Worker {
     fn run(self) {
         let tun_fd = self.dev.as_raw_fd();
         let sock_fd = self.sock.as_raw_fd();
-        let mut tun_in = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-        let seg_len = (self.mtu + 64).max(2048);
-        let mut split: Vec<Vec<u8>> = (0..SPLIT_BUFS).map(|_| vec![0u8; seg_len]).collect();
-        let mut sizes = vec![0usize; SPLIT_BUFS];
+        let mut reads = ReadArena::new();
         let mut sender = Sender::new();
         let mut receiver = Receiver::new(RECV_BATCH, 65_536);
         let mut coalescer = Coalescer::default();
@@ -203,13 +221,7 @@ impl Worker {
                 return;
             }
             if fds[0].revents & libc::POLLIN != 0 {
-                self.tun_to_peers(
-                    &mut tun_in,
-                    &mut split,
-                    &mut sizes,
-                    &mut sender,
-                    &mut logged_tun_error,
-                );
+                self.tun_to_peers(&mut reads, &mut sender, &mut logged_tun_error);
             }
             if fds[1].revents & libc::POLLIN != 0 {
                 self.peers_to_tun(&mut receiver, &mut coalescer);
@@ -217,56 +229,82 @@ impl Worker {
         }
     }
 
-    /// Read the TUN until it is empty (or a batch is full), send what was read.
-    fn tun_to_peers(
-        &self,
-        tun_in: &mut [u8],
-        split: &mut [Vec<u8>],
-        sizes: &mut [usize],
-        sender: &mut Sender,
-        logged: &mut bool,
-    ) {
+    /// Read the TUN until it is empty (bounded), send what was read: TSO reads split
+    /// into segments whose payload stays where it was read.
+    fn tun_to_peers(&self, r: &mut ReadArena, sender: &mut Sender, logged: &mut bool) {
         let sock_fd = self.sock.as_raw_fd();
+        let tun_fd = self.dev.as_raw_fd();
         for _round in 0..16 {
             let table = self.table();
-            let mut used = 0;
+            r.clear();
             let mut drained = false;
-            // Fill the split buffers with as many reads as fit a worst-case TSO read.
-            while SPLIT_BUFS - used >= 64 {
-                match self
-                    .dev
-                    .recv_multiple(tun_in, &mut split[used..], &mut sizes[used..], 0)
-                {
-                    Ok(n) => used += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            while r.reads.len() < READ_BATCH && r.out.len() + 64 <= MAX_OUT {
+                let off = r.reads.len() * READ_SIZE;
+                let buf = &mut r.buf[off..off + READ_SIZE];
+                // SAFETY: read(2) into a buffer we own, at most its length.
+                let n = unsafe { libc::read(tun_fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
                         drained = true;
                         break;
                     }
-                    Err(e) => {
-                        // A packet tun-rs cannot split (malformed GSO): dropped.
+                    continue;
+                }
+                let n = n as usize;
+                r.reads.push(off..off + n);
+                let Some(hdr) = VnetHdr::decode(&buf[..n]) else {
+                    continue;
+                };
+                let pkt = &mut buf[VNET_HDR_LEN..n];
+                let Some(dst) = ipv4_dst(pkt) else { continue };
+                let Some(peer) = table.lookup(dst) else {
+                    self.stats.no_route.fetch_add(1, Ordering::Relaxed);
+                    if let Some(icmp) = net_unreachable(self.tun_addr, pkt) {
+                        let mut b = vec![0u8; VNET_HDR_LEN];
+                        b.extend_from_slice(&icmp);
+                        let _ = self.dev.send(&b);
+                    }
+                    continue;
+                };
+                let base = off + VNET_HDR_LEN;
+                match hdr.gso_type {
+                    GSO_NONE => {
+                        if hdr.flags & F_NEEDS_CSUM != 0 {
+                            complete_csum(pkt, hdr.csum_start as usize, hdr.csum_offset as usize);
+                        }
+                        r.out.push((peer, None, base..base + pkt.len()));
+                    }
+                    GSO_TCPV4 => {
+                        r.segs.clear();
+                        if split_tcp4(pkt, hdr.gso_size as usize, &mut r.heads, &mut r.segs)
+                            .is_some()
+                        {
+                            for Segment { head, body } in r.segs.drain(..) {
+                                r.out
+                                    .push((peer, Some(head), base + body.start..base + body.end));
+                            }
+                        }
+                    }
+                    other => {
                         if !*logged {
-                            tracing::warn!(error = %e, "TUN read failed; packet dropped");
+                            tracing::warn!(
+                                gso_type = other,
+                                "TUN handed over a GSO type not enabled; dropped"
+                            );
                             *logged = true;
                         }
                     }
                 }
             }
-            let mut out: Vec<(SocketAddrV4, &[u8])> = Vec::with_capacity(used);
-            for (buf, &len) in split.iter().zip(sizes.iter()).take(used) {
-                let pkt = &buf[..len];
-                let Some(dst) = ipv4_dst(pkt) else { continue };
-                match table.lookup(dst) {
-                    Some(peer) => out.push((peer, pkt)),
-                    None => {
-                        self.stats.no_route.fetch_add(1, Ordering::Relaxed);
-                        if let Some(icmp) = net_unreachable(self.tun_addr, pkt) {
-                            let mut b = vec![0u8; VIRTIO_NET_HDR_LEN];
-                            b.extend_from_slice(&icmp);
-                            let _ = self.dev.send(&b);
-                        }
-                    }
-                }
-            }
+            let out: Vec<Out> = r
+                .out
+                .iter()
+                .map(|(peer, head, body)| match head {
+                    Some(h) => (*peer, &r.heads[h.clone()], &r.buf[body.clone()]),
+                    None => (*peer, &r.buf[body.clone()], &[][..]),
+                })
+                .collect();
             self.stats
                 .to_peers
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -317,5 +355,40 @@ impl Worker {
                 .fetch_add(pkts.len() as u64, Ordering::Relaxed);
             coalescer.write_all(tun_fd, &pkts);
         }
+    }
+}
+
+/// One TUN read's room (a virtio-net header and a 64 KiB packet).
+const READ_SIZE: usize = VNET_HDR_LEN + 65_535 + 1;
+
+/// TUN reads awaiting their send: the reads themselves, the headers built for their
+/// segments, and what to send (peer, headers in `heads` or none, bytes in `buf`).
+struct ReadArena {
+    buf: Vec<u8>,
+    reads: Vec<std::ops::Range<usize>>,
+    heads: Vec<u8>,
+    segs: Vec<Segment>,
+    out: Vec<(
+        SocketAddrV4,
+        Option<std::ops::Range<usize>>,
+        std::ops::Range<usize>,
+    )>,
+}
+
+impl ReadArena {
+    fn new() -> ReadArena {
+        ReadArena {
+            buf: vec![0u8; READ_BATCH * READ_SIZE],
+            reads: Vec::with_capacity(READ_BATCH),
+            heads: Vec::with_capacity(MAX_OUT * 64),
+            segs: Vec::with_capacity(64),
+            out: Vec::with_capacity(MAX_OUT),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.reads.clear();
+        self.heads.clear();
+        self.out.clear();
     }
 }

@@ -72,18 +72,7 @@ pub fn ipv4_dst(pkt: &[u8]) -> Option<Ipv4Addr> {
 
 /// The Internet checksum (RFC 1071) of `data`.
 pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    if let [last] = chunks.remainder() {
-        sum += (*last as u32) << 8;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    !super::tso::fold(super::tso::sum(data))
 }
 
 /// ICMP "destination unreachable / network unreachable" from `from` about `offender`
