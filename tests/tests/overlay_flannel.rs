@@ -95,35 +95,12 @@ fn a_peers_new_vtep_mac_is_followed_with_at_most_one_lost_packet() {
     );
 }
 
-/// flannel's iptables rules for `network` and lease `subnet`, as flannel (v0.22+)
-/// installs them, in `iptables-restore --noflush` form.
-fn flannel_iptables(network: &str, subnet: &str) -> String {
-    let m = "-m comment --comment \"flanneld masq\"";
-    let f = "-m comment --comment \"flanneld forward\"";
-    format!(
-        "*nat\n:FLANNEL-POSTRTG - [0:0]\n\
-         -A POSTROUTING {m} -j FLANNEL-POSTRTG\n\
-         -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN\n\
-         -A FLANNEL-POSTRTG -s {subnet} -d {network} {m} -j RETURN\n\
-         -A FLANNEL-POSTRTG -s {network} -d {subnet} {m} -j RETURN\n\
-         -A FLANNEL-POSTRTG ! -s {network} -d {subnet} {m} -j RETURN\n\
-         -A FLANNEL-POSTRTG -s {network} ! -d 224.0.0.0/4 {m} -j MASQUERADE --random-fully\n\
-         -A FLANNEL-POSTRTG ! -s {network} -d {network} {m} -j MASQUERADE --random-fully\n\
-         COMMIT\n*filter\n:FLANNEL-FWD - [0:0]\n\
-         -A FORWARD {f} -j FLANNEL-FWD\n\
-         -A FLANNEL-FWD -s {network} {f} -j ACCEPT\n\
-         -A FLANNEL-FWD -d {network} {f} -j ACCEPT\n\
-         COMMIT\n"
-    )
-}
-
 fn ifindex(node: &Node, dev: &str) -> u64 {
     link_json(node, dev)["ifindex"].as_u64().unwrap_or(0)
 }
 
 #[test]
 fn a_node_that_ran_flannel_is_taken_over_in_place_while_its_pods_keep_talking() {
-    nestbox_tests::require_cmd("iptables-restore");
     let mut c = Cluster::new(2, VXLAN_CONF, &["--ip-masq"]);
     let url = c.etcd.url();
     // Node 1 runs our agent from the start.
@@ -134,13 +111,11 @@ fn a_node_that_ran_flannel_is_taken_over_in_place_while_its_pods_keep_talking() 
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let gw1 = subnet1.split('/').next().unwrap_or_default().to_string();
 
     // Node 0: flannel's state, by hand. Lease (flannel's JSON, attached to a 24 h etcd
     // lease), VTEP, entries for node 1, subnet.env, iptables chains.
     let subnet0 = "10.244.7.0/24";
     let mac0 = "0e:f1:a0:00:07:07";
-    let n0 = c.nodes[0].ns.name().to_string();
     let flannel_lease = format!(
         r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac0}"}}}}"#,
         c.nodes[0].ip
@@ -148,33 +123,11 @@ fn a_node_that_ran_flannel_is_taken_over_in_place_while_its_pods_keep_talking() 
     let id = c.etcd.grant(86400);
     c.etcd
         .put_with_lease(&subnet_key(subnet0), &flannel_lease, &id);
-    sh_ok(&format!(
-        "ip -n {n0} link add flannel.1 address {mac0} mtu 1450 txqueuelen 0 type vxlan id 1 \
-           local {ip0} dev eth0 dstport 8472 nolearning && \
-         ip -n {n0} addr add 10.244.7.0/32 dev flannel.1 && \
-         ip -n {n0} link set flannel.1 up && \
-         ip -n {n0} neigh replace {gw1} lladdr {mac1} dev flannel.1 nud permanent && \
-         bridge -n {n0} fdb append {mac1} dev flannel.1 dst {ip1} self permanent && \
-         ip -n {n0} route replace {subnet1} via {gw1} dev flannel.1 onlink && \
-         ip netns exec {n0} sysctl -qw net.ipv4.ip_forward=1",
-        ip0 = c.nodes[0].ip,
-        ip1 = c.nodes[1].ip,
-    ));
-    std::fs::write(
-        c.nodes[0].env_path(),
-        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
-    )
-    .expect("write flannel's subnet.env");
-    let ipt = flannel_iptables("10.244.0.0/16", subnet0);
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &n0, "sh", "-c"])
-        .arg(format!("printf '%s' '{ipt}' | iptables-restore --noflush"))
-        .output()
-        .expect("iptables-restore");
-    assert!(
-        out.status.success(),
-        "flannel's rules: {}",
-        String::from_utf8_lossy(&out.stderr)
+    build_flannel_node(
+        &c.nodes[0],
+        subnet0,
+        mac0,
+        &[(subnet1, mac1, c.nodes[1].ip.clone())],
     );
 
     // Pods (with a default route, to reach the outside host through the masquerade).

@@ -736,3 +736,81 @@ pub const VXLAN_CONF: &str =
     r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
 pub const HOSTGW_CONF: &str =
     r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
+
+/// flannel's iptables rules for `network` and lease `subnet`, as flannel (v0.22+)
+/// installs them, in `iptables-restore --noflush` form.
+pub fn flannel_iptables(network: &str, subnet: &str) -> String {
+    let m = "-m comment --comment \"flanneld masq\"";
+    let f = "-m comment --comment \"flanneld forward\"";
+    format!(
+        "*nat\n:FLANNEL-POSTRTG - [0:0]\n\
+         -A POSTROUTING {m} -j FLANNEL-POSTRTG\n\
+         -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {subnet} -d {network} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {network} -d {subnet} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG ! -s {network} -d {subnet} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {network} ! -d 224.0.0.0/4 {m} -j MASQUERADE --random-fully\n\
+         -A FLANNEL-POSTRTG ! -s {network} -d {network} {m} -j MASQUERADE --random-fully\n\
+         COMMIT\n*filter\n:FLANNEL-FWD - [0:0]\n\
+         -A FORWARD {f} -j FLANNEL-FWD\n\
+         -A FLANNEL-FWD -s {network} {f} -j ACCEPT\n\
+         -A FLANNEL-FWD -d {network} {f} -j ACCEPT\n\
+         COMMIT\n"
+    )
+}
+
+/// A node's state as flannel (VXLAN, `--ip-masq`) leaves it, built by hand on `node`:
+/// `flannel.1` (MAC `mac`, txqueuelen 0, lease network /32), per peer (subnet, VTEP MAC,
+/// public IP) its neighbour, FDB entry and onlink route, ip_forward, its subnet.env and
+/// its iptables chains with their jumps.
+pub fn build_flannel_node(
+    node: &Node,
+    subnet: &str,
+    mac: &str,
+    peers: &[(String, String, String)],
+) {
+    require_cmd("iptables-restore");
+    let n = node.ns.name();
+    let net = subnet.split('/').next().unwrap_or_default();
+    let mut cmd = format!(
+        "ip -n {n} link add flannel.1 address {mac} mtu 1450 txqueuelen 0 type vxlan id 1 \
+           local {ip} dev eth0 dstport 8472 nolearning && \
+         ip -n {n} addr add {net}/32 dev flannel.1 && \
+         ip -n {n} link set flannel.1 up && \
+         ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1",
+        ip = node.ip,
+    );
+    for (psub, pmac, pip) in peers {
+        let gw = psub.split('/').next().unwrap_or_default();
+        cmd.push_str(&format!(
+            " && ip -n {n} neigh replace {gw} lladdr {pmac} dev flannel.1 nud permanent \
+             && bridge -n {n} fdb append {pmac} dev flannel.1 dst {pip} self permanent \
+             && ip -n {n} route replace {psub} via {gw} dev flannel.1 onlink"
+        ));
+    }
+    sh_ok(&cmd);
+    let first = lease_first_ip(subnet);
+    std::fs::write(
+        node.env_path(),
+        format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={first}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+    )
+    .expect("write flannel's subnet.env");
+    let ipt = flannel_iptables("10.244.0.0/16", subnet);
+    let out = Command::new("ip")
+        .args(["netns", "exec", n, "sh", "-c"])
+        .arg(format!("printf '%s' '{ipt}' | iptables-restore --noflush"))
+        .output()
+        .expect("iptables-restore");
+    assert!(
+        out.status.success(),
+        "flannel's rules: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `10.244.7.0/24` → `10.244.7.1/24` (subnet.env's FLANNEL_SUBNET).
+pub fn lease_first_ip(subnet: &str) -> String {
+    let (ip, len) = subnet.split_once('/').expect("cidr");
+    let ip: std::net::Ipv4Addr = ip.parse().expect("ipv4");
+    format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(ip) + 1))
+}
