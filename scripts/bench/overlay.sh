@@ -7,10 +7,13 @@
 #               vs flannel's VXLAN layout and pods made with ip/bridge
 #      host-gw  nestbox-overlayd --backend host-gw + nestbox-host-gw
 #               vs host-gw routes and pods made by hand
+#      udp      nestbox-overlayd --backend udp (flannel0 TUN + user-space forwarder)
+#               vs nestbox-overlayd --backend vxlan, pods through nestbox-vxlan on both
+#               (goal: UDP at least half of VXLAN; flannel's UDP mode gets a fraction)
 #  - control plane: time from a new node's lease appearing in etcd to both peers having
 #    its route (installed after its neighbour and FDB entry), and from its lease's
 #    deletion to both peers dropping it (median of RUNS).
-#   scripts/bench/overlay.sh [-n RUNS] [-t SECONDS]      (ONLY=vxlan|host-gw|control)
+#   scripts/bench/overlay.sh [-n RUNS] [-t SECONDS]      (ONLY=vxlan|host-gw|control|udp)
 set -euo pipefail
 
 runs=5
@@ -86,41 +89,45 @@ topo_up() {
     done
 }
 
-etcd_up() { # backend
-    rm -rf "$work/etcd"
-    ip netns exec "${tag}aet" etcd --data-dir "$work/etcd" \
+etcd_up() { # backend [topology]
+    local T=${2:-${tag}a}
+    rm -rf "$work/etcd-$T"
+    ip netns exec "${T}et" etcd --data-dir "$work/etcd-$T" \
         --listen-client-urls "$URL" --advertise-client-urls "$URL" \
-        --listen-peer-urls http://127.0.0.1:2380 > "$work/etcd.log" 2>&1 &
+        --listen-peer-urls http://127.0.0.1:2380 > "$work/etcd-$T.log" 2>&1 &
     pids+=($!)
     local ok=0
     for _ in $(seq 100); do
-        ip netns exec "${tag}aet" curl -sf -m 1 "$URL/health" > /dev/null 2>&1 && { ok=1; break; }
+        ip netns exec "${T}et" curl -sf -m 1 "$URL/health" > /dev/null 2>&1 && { ok=1; break; }
         sleep 0.1
     done
     [ $ok = 1 ] || { echo "etcd did not start" >&2; exit 1; }
-    etcd_post /v3/kv/put "{\"key\":\"$(b64 $PREFIX/config)\",\"value\":\"$(b64 "{\"Network\":\"10.244.0.0/16\",\"SubnetLen\":24,\"Backend\":{\"Type\":\"$1\"}}")\"}" > /dev/null
+    ip netns exec "${T}et" curl -sS -m 5 -X POST "$URL/v3/kv/put" -d "{\"key\":\"$(b64 $PREFIX/config)\",\"value\":\"$(b64 "{\"Network\":\"10.244.0.0/16\",\"SubnetLen\":24,\"Backend\":{\"Type\":\"$1\"}}")\"}" > /dev/null
 }
 
-start_agent() { # node backend
-    rm -f "$work/$1.env"
-    "$agent" --netns "/run/netns/${tag}a$1" --iface eth0 --etcd-endpoints "$URL" \
-        --backend "$2" --subnet-file "$work/$1.env" >> "$work/$1.log" 2>&1 &
+start_agent() { # node backend [topology]
+    local T=${3:-${tag}a}
+    local f="$work/$T$1"
+    rm -f "$f.env"
+    "$agent" --netns "/run/netns/$T$1" --iface eth0 --etcd-endpoints "$URL" \
+        --backend "$2" --subnet-file "$f.env" >> "$f.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 200); do [ -s "$work/$1.env" ] && return 0; sleep 0.05; done
-    echo "agent on $1 wrote no subnet.env:" >&2; cat "$work/$1.log" >&2; exit 1
+    for _ in $(seq 200); do [ -s "$f.env" ] && return 0; sleep 0.05; done
+    echo "agent on $T$1 wrote no subnet.env:" >&2; cat "$f.log" >&2; exit 1
 }
 
 # Ours: a pod through our overlay CNI plugin. No NAT on either side (the hand-built
 # layout has none): delegate ipMasq false, and a default route like kube-flannel's config.
-cni_pod() { # node plugin -> pod IP on stdout
-    local node=$1 plugin=$2 pod="${tag}apod$1"
+cni_pod() { # node plugin [topology] -> pod IP on stdout
+    local node=$1 plugin=$2 T=${3:-${tag}a}
+    local pod="${T}pod$1" f="$work/$T$1"
     ip netns add "$pod"
     ip -n "$pod" link set lo up
     printf '{"cniVersion":"1.0.0","name":"ovlbench","type":"%s","subnetFile":"%s","dataDir":"%s","ipam":{"dataDir":"%s"},"delegate":{"ipMasq":false,"isDefaultGateway":true}}' \
-        "$plugin" "$work/$node.env" "$work/$node.flannel" "$work/$node.ipam" > "$work/$node.conf"
-    ip netns exec "${tag}a$node" env CNI_COMMAND=ADD CNI_CONTAINERID="c$node" CNI_NETNS="/run/netns/$pod" \
-        CNI_IFNAME=eth0 CNI_PATH="$work/bin" "$work/bin/$plugin" < "$work/$node.conf" > "$work/$node.res" 2>> "$work/cni.log"
-    jq -r '.ips[0].address' "$work/$node.res" | cut -d/ -f1
+        "$plugin" "$f.env" "$f.flannel" "$f.ipam" > "$f.conf"
+    ip netns exec "$T$node" env CNI_COMMAND=ADD CNI_CONTAINERID="c$node" CNI_NETNS="/run/netns/$pod" \
+        CNI_IFNAME=eth0 CNI_PATH="$work/bin" "$work/bin/$plugin" < "$f.conf" > "$f.res" 2>> "$work/cni.log"
+    jq -r '.ips[0].address' "$f.res" | cut -d/ -f1
 }
 
 # By hand: bridge cni0 10.244.X.1/24, pod .2 behind a veth, default route via the bridge.
@@ -154,8 +161,8 @@ one_iperf() { # client-pod server-ip -> Gbit/s (one retry: the server may be fin
     echo "iperf3 from $1 to $2 failed" >&2; exit 1
 }
 
-duel() { # label ours-ip hand-ip
-    local label=$1 i
+duel() { # label ours-ip hand-ip [name-of-ours name-of-hand]
+    local label=$1 an=${4:-ours} bn=${5:-hand} i
     ip netns exec "${tag}apodn2" iperf3 -s -D --pidfile "$work/iperf-a.pid" > /dev/null
     ip netns exec "${tag}bpodn2" iperf3 -s -D --pidfile "$work/iperf-b.pid" > /dev/null
     sleep 0.3
@@ -167,9 +174,9 @@ duel() { # label ours-ip hand-ip
     kill "$(cat "$work/iperf-a.pid")" "$(cat "$work/iperf-b.pid")" 2>/dev/null || true
     local o h
     o=$(median < "$work/ours"); h=$(median < "$work/hand")
-    printf '%-8s ours %6.2f Gbit/s  hand %6.2f Gbit/s  ratio %.3f\n' "$label" "$o" "$h" "$(bc -l <<< "$o/$h")"
-    printf '         ours runs: %s\n         hand runs: %s\n' \
-        "$(xargs printf '%.2f ' < "$work/ours")" "$(xargs printf '%.2f ' < "$work/hand")"
+    printf '%-8s %s %6.2f Gbit/s  %s %6.2f Gbit/s  ratio %.3f\n' "$label" "$an" "$o" "$bn" "$h" "$(bc -l <<< "$o/$h")"
+    printf '         %s runs: %s\n         %s runs: %s\n' \
+        "$an" "$(xargs printf '%.2f ' < "$work/ours")" "$bn" "$(xargs printf '%.2f ' < "$work/hand")"
 }
 
 mac() { printf '02:00:00:00:00:%02x' "$1"; }
@@ -246,5 +253,21 @@ if want host-gw; then
     hand_ip=$(hand_pod n2 2 1500)
     reach "${tag}bpodn1" "$hand_ip"
     duel host-gw "$ours_ip" "$hand_ip"
+    teardown
+fi
+
+if want udp; then
+    # Ours both sides: the UDP backend (topology a) next to our VXLAN (topology b).
+    topo_up "${tag}a"; etcd_up udp "${tag}a"
+    start_agent n1 udp; start_agent n2 udp
+    cni_pod n1 nestbox-vxlan > /dev/null
+    udp_ip=$(cni_pod n2 nestbox-vxlan)
+    reach "${tag}apodn1" "$udp_ip"
+    topo_up "${tag}b"; etcd_up vxlan "${tag}b"
+    start_agent n1 vxlan "${tag}b"; start_agent n2 vxlan "${tag}b"
+    cni_pod n1 nestbox-vxlan "${tag}b" > /dev/null
+    vx_ip=$(cni_pod n2 nestbox-vxlan "${tag}b")
+    reach "${tag}bpodn1" "$vx_ip"
+    duel udp "$udp_ip" "$vx_ip" "udp" "vxlan"
     teardown
 fi

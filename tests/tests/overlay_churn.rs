@@ -239,31 +239,29 @@ fn iptables_masquerade_fallback_holds_flannels_rules_and_cleanup_removes_them() 
                 .stdout,
         )
         .into_owned();
-        nat.lines().count() == 5
+        nat.lines().count() == 6
     });
     assert!(ok, "nat chain: {nat}\n{}", n.log());
-    assert!(
-        nat.contains("-s 10.244.0.0/16 -d 10.244.0.0/16 -j RETURN"),
-        "{nat}"
-    );
-    assert!(
-        nat.contains("-s 10.244.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully"),
-        "{nat}"
-    );
-    assert!(
-        nat.contains(&format!("! -s 10.244.0.0/16 -d {lease} -j RETURN")),
-        "{nat}"
-    );
-    assert!(
-        nat.contains("! -s 10.244.0.0/16 -d 10.244.0.0/16 -j MASQUERADE --random-fully"),
-        "{nat}"
-    );
+    let c_ = "-m comment --comment \"nestbox-overlayd masq\"";
+    for rule in [
+        format!("-m mark --mark 0x4000/0x4000 {c_} -j RETURN"),
+        format!("-s 10.244.0.0/16 -d 10.244.0.0/16 {c_} -j RETURN"),
+        format!("-s 10.244.0.0/16 ! -d 224.0.0.0/4 {c_} -j MASQUERADE --random-fully"),
+        format!("! -s 10.244.0.0/16 -d {lease} {c_} -j RETURN"),
+        format!("! -s 10.244.0.0/16 -d 10.244.0.0/16 {c_} -j MASQUERADE --random-fully"),
+    ] {
+        assert!(nat.contains(&rule), "missing {rule}:\n{nat}");
+    }
     let post =
         n.ns.exec_ok(&["iptables", "-t", "nat", "-S", "POSTROUTING"]);
     assert!(post.contains("-j NESTBOX-OVL-POSTRTG"), "{post}");
     let fwd = n.ns.exec_ok(&["iptables", "-S", "NESTBOX-OVL-FWD"]);
     assert!(
-        fwd.contains("-s 10.244.0.0/16 -j ACCEPT") && fwd.contains("-d 10.244.0.0/16 -j ACCEPT"),
+        fwd.contains(
+            "-s 10.244.0.0/16 -m comment --comment \"nestbox-overlayd forward\" -j ACCEPT"
+        ) && fwd.contains(
+            "-d 10.244.0.0/16 -m comment --comment \"nestbox-overlayd forward\" -j ACCEPT"
+        ),
         "{fwd}"
     );
     // No nftables table from us in this mode.

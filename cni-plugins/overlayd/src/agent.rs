@@ -15,6 +15,7 @@ use crate::config::{Lease, LeaseAttrs, NetworkConfig};
 use crate::iface::Underlay;
 use crate::masq::{self, MasqBackend};
 use crate::subnet::SubnetManager;
+use crate::takeover;
 use crate::Error;
 
 pub struct Options {
@@ -83,6 +84,7 @@ impl Agent {
                 .cloned();
             let attrs = LeaseAttrs {
                 public_ip,
+                public_ipv6: None,
                 backend_type: kind.to_string(),
                 backend_data: a.backend.backend_data(previous.as_ref())?,
             };
@@ -107,6 +109,20 @@ impl Agent {
 
     /// Run until `stop` is set. Kernel state is left in place on return.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), Error> {
+        // Before anything is touched: what flannel left here, if it ran on this node.
+        let mut flannel = Some(takeover::detect(&self.backend.device().unwrap_or_default()))
+            .filter(|f| f.flannel_ran());
+        if let Some(f) = &flannel {
+            tracing::info!(device = ?f.device, "flannel's state found; taking it over in place");
+        }
+        if !self.opts.ip_masq {
+            // Our own rules from a run with --ip-masq would still masquerade.
+            for b in [MasqBackend::Nftables, MasqBackend::Iptables] {
+                if masq::remove(b) {
+                    tracing::info!(backend = ?b, "masquerade rules of an earlier --ip-masq run removed");
+                }
+            }
+        }
         let Some(config) = self.retry(stop, "reading the network config", |a| {
             a.sm.network_config()
         }) else {
@@ -139,6 +155,7 @@ impl Agent {
         let mut next_reconcile = Instant::now();
         let mut next_renew = Instant::now() + self.opts.renew_interval;
         let mut env_written = false;
+        let mut other_masq_removed = false;
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_renew {
@@ -192,24 +209,53 @@ impl Agent {
                 }
             }
             if dirty || now >= next_reconcile {
-                match self.backend.reconcile(config.network, &own, &peers) {
-                    Ok(n) if n > 0 => tracing::info!(changes = n, "reconciled"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "reconcile failed"),
-                }
+                let reconciled = match self.backend.reconcile(config.network, &own, &peers) {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(changes = n, "reconciled");
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reconcile failed");
+                        false
+                    }
+                };
                 if !env_written {
                     match self.publish_env(&config, &own) {
                         Ok(()) => env_written = true,
                         Err(e) => tracing::error!(error = %e, "writing subnet.env failed"),
                     }
                 }
+                let mut masq_ok = !self.opts.ip_masq;
                 if self.opts.ip_masq {
                     match masq::ensure(masq_backend, config.network, own.subnet) {
-                        Ok(true) => {
-                            tracing::info!(backend = ?masq_backend, "masquerade rules installed")
+                        Ok(changed) => {
+                            if changed {
+                                tracing::info!(backend = ?masq_backend, "masquerade rules installed");
+                            }
+                            masq_ok = true;
                         }
-                        Ok(false) => {}
                         Err(e) => tracing::error!(error = %e, "masquerade rules"),
+                    }
+                    // Ours are in place: now the other backend's (a switch of
+                    // --ip-masq-backend) can go without a moment unmasqueraded.
+                    if masq_ok && !other_masq_removed {
+                        other_masq_removed = true;
+                        if masq::remove(masq_backend.other()) {
+                            tracing::info!(removed = ?masq_backend.other(), kept = ?masq_backend,
+                                "masquerade backend switched: the other backend's rules removed");
+                        }
+                    }
+                }
+                if reconciled && masq_ok {
+                    if let Some(f) = flannel.take() {
+                        f.finish(
+                            &self.backend.device().unwrap_or_default(),
+                            &own,
+                            self.opts.ip_masq,
+                            masq_backend,
+                        );
                     }
                 }
                 dirty = false;

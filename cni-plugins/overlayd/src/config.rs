@@ -1,7 +1,7 @@
 //! The cluster network config (flannel's net-conf.json, also stored at `<prefix>/config`)
 //! and the lease record each node publishes.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -95,11 +95,15 @@ impl NetworkConfig {
     }
 }
 
-/// The value stored under `<prefix>/subnets/<a.b.c.d-len>`.
+/// The value stored under `<prefix>/subnets/<a.b.c.d-len>`, field for field as flannel
+/// writes it: `{"PublicIP":"…","PublicIPv6":null,"BackendType":"vxlan","BackendData":{…}}`
+/// (flannel's `PublicIPv6` has no `omitempty`: an IPv4-only lease says `null`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
     #[serde(rename = "BackendType", default)]
     pub backend_type: String,
     #[serde(
@@ -139,8 +143,11 @@ pub fn subnet_key(n: &Ipv4Network) -> String {
     format!("{}-{}", n.network(), n.prefix())
 }
 
+/// A dual-stack lease's key carries its IPv6 subnet after `&` (`10.244.1.0-24&fc00::-64`);
+/// only the IPv4 part is used here.
 pub fn parse_subnet_key(s: &str) -> Option<Ipv4Network> {
-    let (a, l) = s.rsplit_once('-')?;
+    let v4 = s.split('&').next()?;
+    let (a, l) = v4.rsplit_once('-')?;
     Ipv4Network::new(a.parse().ok()?, l.parse().ok()?).ok()
 }
 
@@ -179,6 +186,22 @@ mod tests {
         let n: Ipv4Network = "10.244.3.0/24".parse().unwrap();
         assert_eq!(subnet_key(&n), "10.244.3.0-24");
         assert_eq!(parse_subnet_key("10.244.3.0-24"), Some(n));
+        assert_eq!(parse_subnet_key("10.244.3.0-24&fc00:0:0:3::-64"), Some(n));
+    }
+
+    #[test]
+    fn lease_json_is_flannels_byte_for_byte() {
+        let flannel = r#"{"PublicIP":"192.168.77.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:11:22:33:44:55"}}"#;
+        let a: LeaseAttrs = serde_json::from_str(flannel).unwrap();
+        assert_eq!(a.public_ipv6, None);
+        assert_eq!(serde_json::to_string(&a).unwrap(), flannel);
+        // Leases written before PublicIPv6 existed still read.
+        let old: LeaseAttrs =
+            serde_json::from_str(r#"{"PublicIP":"192.168.77.11","BackendType":"udp"}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"PublicIP":"192.168.77.11","PublicIPv6":null,"BackendType":"udp"}"#
+        );
     }
 
     #[test]

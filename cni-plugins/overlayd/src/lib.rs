@@ -11,6 +11,8 @@ pub mod config;
 pub mod iface;
 pub mod masq;
 pub mod subnet;
+pub mod takeover;
+pub mod udp;
 
 use std::io;
 

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use nestbox_cni::plugins::overlay::subnet_env::{SubnetEnv, DEFAULT_SUBNET_FILE};
 use nestbox_overlayd::agent::{Agent, Options};
-use nestbox_overlayd::backend::{hostgw::HostGw, vxlan::Vxlan, Backend};
+use nestbox_overlayd::backend::{hostgw::HostGw, udp, udp::Udp, vxlan::Vxlan, Backend};
 use nestbox_overlayd::config::NetworkConfig;
 use nestbox_overlayd::iface::{self, Choice};
 use nestbox_overlayd::masq;
@@ -24,6 +24,7 @@ enum BackendKind {
     Vxlan,
     #[value(name = "host-gw")]
     HostGw,
+    Udp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,9 +50,12 @@ struct Cli {
     /// VXLAN network identifier (device flannel.<VNI>).
     #[arg(long)]
     vni: Option<u32>,
-    /// VXLAN UDP port (kernel default 8472; 4789 is IANA's).
+    /// UDP port: VXLAN's (kernel default 8472; 4789 is IANA's) or the UDP backend's (8285).
     #[arg(long)]
     port: Option<u16>,
+    /// UDP backend: TUN queues, one forwarding thread each (default: one per CPU, up to 4).
+    #[arg(long = "udp-queues")]
+    udp_queues: Option<usize>,
     /// Underlay interface, by name or address (repeatable: first that exists wins).
     #[arg(long)]
     iface: Vec<String>,
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
     let kind = cli.backend.unwrap_or_else(|| {
         match conf_backend.as_ref().and_then(|b| b.kind.as_deref()) {
             Some("host-gw") => BackendKind::HostGw,
+            Some("udp") => BackendKind::Udp,
             _ => BackendKind::Vxlan,
         }
     });
@@ -200,7 +205,11 @@ fn run(cli: Cli) -> Result<()> {
     let port = cli
         .port
         .or(conf_backend.as_ref().and_then(|b| b.port))
-        .unwrap_or(8472);
+        .unwrap_or(if kind == BackendKind::Udp {
+            udp::DEFAULT_PORT
+        } else {
+            8472
+        });
     let direct = cli.direct_routing
         || conf_backend
             .as_ref()
@@ -209,6 +218,15 @@ fn run(cli: Cli) -> Result<()> {
     let mut backend: Box<dyn Backend> = match kind {
         BackendKind::Vxlan => Box::new(Vxlan::new(underlay.clone(), vni, port, direct)?),
         BackendKind::HostGw => Box::new(HostGw::new(underlay.clone())?),
+        BackendKind::Udp => {
+            let queues = cli.udp_queues.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .min(4)
+            });
+            Box::new(Udp::new(underlay.clone(), port, queues)?)
+        }
     };
 
     if cli.cleanup {

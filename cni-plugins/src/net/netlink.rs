@@ -51,6 +51,10 @@ pub struct Link {
     pub promisc: bool,
     pub oper_up: bool,
     pub mtu: u32,
+    /// `txqueuelen` (`qlen` in `ip link`).
+    pub txqlen: u32,
+    /// Segments the stack may put in one GSO packet for this link.
+    pub gso_max_segs: u32,
     /// For a VXLAN device: its settings as the kernel reports them.
     pub vxlan: Option<VxlanInfo>,
 }
@@ -77,6 +81,8 @@ pub struct VxlanSpec {
     pub underlay: u32,
     pub mtu: u32,
     pub mac: [u8; 6],
+    /// `txqueuelen` (flannel creates its VTEP with 0).
+    pub txqlen: u32,
 }
 
 /// A neighbour (ARP / NDP) entry.
@@ -121,6 +127,8 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
+const IFLA_TXQLEN: u16 = 13;
+const IFLA_GSO_MAX_SEGS: u16 = 40;
 const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
@@ -145,10 +153,9 @@ impl Link {
             let nla = nla?;
             match nla.kind() {
                 IFLA_ADDRESS | IFLA_IFNAME | IFLA_MTU | IFLA_LINK | IFLA_MASTER
-                | IFLA_OPERSTATE => l.apply(&LinkAttribute::parse_with_param(
-                    &nla,
-                    header.interface_family,
-                )?),
+                | IFLA_OPERSTATE | IFLA_TXQLEN | IFLA_GSO_MAX_SEGS => l.apply(
+                    &LinkAttribute::parse_with_param(&nla, header.interface_family)?,
+                ),
                 IFLA_LINKINFO => {
                     let kind = NlasIterator::new(nla.value())
                         .filter_map(Result::ok)
@@ -178,6 +185,8 @@ impl Link {
             LinkAttribute::Controller(i) => l.master = Some(*i),
             LinkAttribute::Link(i) => l.peer = Some(*i),
             LinkAttribute::Mtu(m) => l.mtu = *m,
+            LinkAttribute::TxQueueLen(q) => l.txqlen = *q,
+            LinkAttribute::GsoMaxSegs(n) => l.gso_max_segs = *n,
             LinkAttribute::OperState(s) => l.oper_up = *s == State::Up,
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
@@ -610,13 +619,15 @@ impl Netlink {
         Ok(r.into_iter().find(|l| l.name == host))
     }
 
-    /// `ip link add <name> address <mac> mtu <mtu> type vxlan id <vni> local <local>
-    /// dev <underlay> dstport <port> nolearning` (down: the caller brings it up).
+    /// `ip link add <name> address <mac> mtu <mtu> txqueuelen <txqlen> type vxlan id <vni>
+    /// local <local> dev <underlay> dstport <port> nolearning` (down: the caller brings it
+    /// up).
     pub fn create_vxlan(&mut self, s: &VxlanSpec) -> io::Result<()> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(s.name.clone()));
         m.attributes.push(LinkAttribute::Address(s.mac.to_vec()));
         m.attributes.push(LinkAttribute::Mtu(s.mtu));
+        m.attributes.push(LinkAttribute::TxQueueLen(s.txqlen));
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(vec![
@@ -763,6 +774,18 @@ impl Netlink {
 
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
         self.set_link(index, |m| m.attributes.push(LinkAttribute::Mtu(mtu)))
+    }
+
+    pub fn set_gso_max_segs(&mut self, index: u32, segs: u32) -> io::Result<()> {
+        self.set_link(index, |m| {
+            m.attributes.push(LinkAttribute::GsoMaxSegs(segs))
+        })
+    }
+
+    pub fn set_txqlen(&mut self, index: u32, txqlen: u32) -> io::Result<()> {
+        self.set_link(index, |m| {
+            m.attributes.push(LinkAttribute::TxQueueLen(txqlen))
+        })
     }
 
     /// Bridge port options (hairpin, isolation) on an enslaved link.
@@ -944,6 +967,20 @@ impl Netlink {
             m.header.flags = RouteFlags::Onlink;
         }
         m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    /// `ip route replace <dst> dev <oif>` with universe scope (main table, proto boot):
+    /// a whole network through a point-to-point device such as a TUN.
+    pub fn replace_dev_route(&mut self, dst: IpNetwork, oif: u32) -> io::Result<()> {
+        let mut m = route_msg(dst);
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Universe;
         m.attributes.push(RouteAttribute::Oif(oif));
         self.request(
             RouteNetlinkMessage::NewRoute(m),

@@ -112,6 +112,40 @@ impl Etcd {
             .collect()
     }
 
+    /// A lease's value exactly as stored (to compare with flannel's JSON byte for byte).
+    pub fn raw(&self, key: &str) -> Option<String> {
+        let r = self.post("/v3/kv/range", &json!({ "key": b64(key) }));
+        r["kvs"][0]["value"].as_str().map(unb64)
+    }
+
+    /// An etcd lease with `ttl` seconds (what flannel attaches its subnet key to).
+    pub fn grant(&self, ttl: u64) -> String {
+        let r = self.post("/v3/lease/grant", &json!({ "TTL": ttl }));
+        r["ID"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| r["ID"].as_i64().map(|i| i.to_string()))
+            .expect("lease ID")
+    }
+
+    pub fn put_with_lease(&self, key: &str, value: &str, lease: &str) {
+        self.post(
+            "/v3/kv/put",
+            &json!({"key": b64(key), "value": b64(value), "lease": lease}),
+        );
+    }
+
+    /// A shell command that puts `value` at `key` (to run in one `sh -c` with another
+    /// change, as close to it in time as a shell allows).
+    pub fn put_cmd(&self, key: &str, value: &str) -> String {
+        format!(
+            "ip netns exec {} curl -sS -m 5 -X POST {}/v3/kv/put -d '{}' > /dev/null",
+            self.ns.name(),
+            self.url(),
+            json!({"key": b64(key), "value": b64(value)})
+        )
+    }
+
     pub fn lease_of(&self, public_ip: &str) -> Option<(String, Value)> {
         self.leases()
             .into_iter()
@@ -347,8 +381,26 @@ impl Cluster {
         }
     }
 
+    /// A host on the underlay switch that is no node (an address outside the cluster:
+    /// it has no route to any pod subnet, so only masqueraded pod traffic gets answers).
+    pub fn add_host(&self, ip: &str, port: &str) -> NetNs {
+        let ns = NetNs::new("oex");
+        veth_between(&self.switch, port, &ns, "eth0");
+        sh_ok(&format!(
+            "ip -n {s} link set {port} master br0 && ip -n {n} addr add {ip}/24 dev eth0",
+            s = self.switch.name(),
+            n = ns.name()
+        ));
+        ns
+    }
+
     /// Run our overlay CNI plugin for a new pod on node `i`; returns the pod's IP.
     pub fn add_pod(&mut self, i: usize, plugin: &str) -> String {
+        self.add_pod_with(i, plugin, json!({"hairpinMode": true}))
+    }
+
+    /// [`Cluster::add_pod`] with the plugin's `delegate` keys given (e.g. a default route).
+    pub fn add_pod_with(&mut self, i: usize, plugin: &str, delegate: Value) -> String {
         let node = &self.nodes[i];
         let pod = NetNs::new("opd");
         let id = pod.name().to_string();
@@ -359,7 +411,7 @@ impl Cluster {
             "subnetFile": node.env_path(),
             "dataDir": node.dir.path().join("flannel"),
             "ipam": {"dataDir": node.dir.path().join("ipam")},
-            "delegate": {"hairpinMode": true},
+            "delegate": delegate,
         });
         let (code, out, err) = cni(
             node,
@@ -444,6 +496,60 @@ pub fn ping(ns: &NetNs, ip: &str, extra: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// `ping -c count -i interval` from `ns` to `ip`, in the background (read it with
+/// [`ping_summary`] after `wait_with_output`).
+pub fn ping_series(ns: &NetNs, ip: &str, count: u32, interval: &str) -> Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "ping",
+            "-n",
+            "-q",
+            "-W",
+            "1",
+            "-i",
+        ])
+        .arg(interval)
+        .arg("-c")
+        .arg(count.to_string())
+        .arg(ip)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ping")
+}
+
+/// (transmitted, received) from ping's summary line.
+pub fn ping_summary(out: &str) -> (u32, u32) {
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_default();
+    let num = |word: &str| -> u32 {
+        line.split(',')
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("transmitted"), num("received"))
+}
+
+/// Finish a [`ping_series`]: (transmitted, received, output).
+pub fn finish_series(child: Child) -> (u32, u32, String) {
+    let out = child.wait_with_output().expect("ping output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (tx, rx) = ping_summary(&text);
+    (tx, rx, text)
 }
 
 /// Every pod reaches every other pod (retrying briefly while routes settle).
@@ -630,3 +736,81 @@ pub const VXLAN_CONF: &str =
     r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
 pub const HOSTGW_CONF: &str =
     r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
+
+/// flannel's iptables rules for `network` and lease `subnet`, as flannel (v0.22+)
+/// installs them, in `iptables-restore --noflush` form.
+pub fn flannel_iptables(network: &str, subnet: &str) -> String {
+    let m = "-m comment --comment \"flanneld masq\"";
+    let f = "-m comment --comment \"flanneld forward\"";
+    format!(
+        "*nat\n:FLANNEL-POSTRTG - [0:0]\n\
+         -A POSTROUTING {m} -j FLANNEL-POSTRTG\n\
+         -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {subnet} -d {network} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {network} -d {subnet} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG ! -s {network} -d {subnet} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {network} ! -d 224.0.0.0/4 {m} -j MASQUERADE --random-fully\n\
+         -A FLANNEL-POSTRTG ! -s {network} -d {network} {m} -j MASQUERADE --random-fully\n\
+         COMMIT\n*filter\n:FLANNEL-FWD - [0:0]\n\
+         -A FORWARD {f} -j FLANNEL-FWD\n\
+         -A FLANNEL-FWD -s {network} {f} -j ACCEPT\n\
+         -A FLANNEL-FWD -d {network} {f} -j ACCEPT\n\
+         COMMIT\n"
+    )
+}
+
+/// A node's state as flannel (VXLAN, `--ip-masq`) leaves it, built by hand on `node`:
+/// `flannel.1` (MAC `mac`, txqueuelen 0, lease network /32), per peer (subnet, VTEP MAC,
+/// public IP) its neighbour, FDB entry and onlink route, ip_forward, its subnet.env and
+/// its iptables chains with their jumps.
+pub fn build_flannel_node(
+    node: &Node,
+    subnet: &str,
+    mac: &str,
+    peers: &[(String, String, String)],
+) {
+    require_cmd("iptables-restore");
+    let n = node.ns.name();
+    let net = subnet.split('/').next().unwrap_or_default();
+    let mut cmd = format!(
+        "ip -n {n} link add flannel.1 address {mac} mtu 1450 txqueuelen 0 type vxlan id 1 \
+           local {ip} dev eth0 dstport 8472 nolearning && \
+         ip -n {n} addr add {net}/32 dev flannel.1 && \
+         ip -n {n} link set flannel.1 up && \
+         ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1",
+        ip = node.ip,
+    );
+    for (psub, pmac, pip) in peers {
+        let gw = psub.split('/').next().unwrap_or_default();
+        cmd.push_str(&format!(
+            " && ip -n {n} neigh replace {gw} lladdr {pmac} dev flannel.1 nud permanent \
+             && bridge -n {n} fdb append {pmac} dev flannel.1 dst {pip} self permanent \
+             && ip -n {n} route replace {psub} via {gw} dev flannel.1 onlink"
+        ));
+    }
+    sh_ok(&cmd);
+    let first = lease_first_ip(subnet);
+    std::fs::write(
+        node.env_path(),
+        format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={first}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+    )
+    .expect("write flannel's subnet.env");
+    let ipt = flannel_iptables("10.244.0.0/16", subnet);
+    let out = Command::new("ip")
+        .args(["netns", "exec", n, "sh", "-c"])
+        .arg(format!("printf '%s' '{ipt}' | iptables-restore --noflush"))
+        .output()
+        .expect("iptables-restore");
+    assert!(
+        out.status.success(),
+        "flannel's rules: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `10.244.7.0/24` → `10.244.7.1/24` (subnet.env's FLANNEL_SUBNET).
+pub fn lease_first_ip(subnet: &str) -> String {
+    let (ip, len) = subnet.split_once('/').expect("cidr");
+    let ip: std::net::Ipv4Addr = ip.parse().expect("ipv4");
+    format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(ip) + 1))
+}

@@ -4,6 +4,7 @@
 //! compares the desired state with the kernel and fixes only the difference.
 
 pub mod hostgw;
+pub mod udp;
 pub mod vxlan;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,6 +31,10 @@ pub trait Backend {
         own: &Lease,
         peers: &[Lease],
     ) -> Result<usize, Error>;
+    /// The overlay device this backend owns (`flannel.1`, `flannel0`), if any.
+    fn device(&self) -> Option<String> {
+        None
+    }
     /// Remove everything this backend programs (`--cleanup`).
     fn cleanup(&mut self, network: Option<Ipv4Network>) -> Result<(), Error>;
 }

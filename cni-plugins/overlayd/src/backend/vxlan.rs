@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use nestbox_cni::net::netlink::{mac_string, parse_mac, Link, Netlink, VxlanSpec};
+use nestbox_cni::net::netlink::{mac_string, parse_mac, Fdb, Link, Neigh, Netlink, VxlanSpec};
 use serde_json::Value;
 
 use super::{directly_reachable, sync_routes, Backend, WantRoute};
@@ -19,6 +19,9 @@ use crate::{random_mac, Error, NlContext};
 
 /// IPv4 + UDP + VXLAN + inner Ethernet headers.
 pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// flannel creates its VTEP with txqueuelen 0 (the device has no queue anyway).
+pub const VTEP_TXQLEN: u32 = 0;
 
 pub struct Vxlan {
     underlay: Underlay,
@@ -59,6 +62,7 @@ impl Vxlan {
             underlay: self.underlay.index,
             mtu: self.mtu(),
             mac: self.mac.unwrap_or_else(random_mac),
+            txqlen: VTEP_TXQLEN,
         }
     }
 
@@ -132,6 +136,12 @@ impl Vxlan {
                 .ctx(|| "setting VTEP MTU".into())?;
             changes += 1;
         }
+        if l.txqlen != spec.txqlen {
+            self.nl
+                .set_txqlen(l.index, spec.txqlen)
+                .ctx(|| "setting VTEP txqueuelen".into())?;
+            changes += 1;
+        }
         // Address: exactly the lease's network address /32.
         let want = IpNetwork::V4(
             Ipv4Network::new(own.subnet.network(), 32).map_err(|e| Error::Config(e.to_string()))?,
@@ -161,39 +171,77 @@ impl Vxlan {
         Ok((l.index, changes))
     }
 
-    /// Neighbour, FDB, route for one peer; a failed step undoes the earlier ones it added.
-    fn program_peer(
-        &mut self,
-        dev: u32,
-        gw: Ipv4Addr,
-        mac: &[u8],
-        peer: Ipv4Addr,
-        route: &WantRoute,
-        had: (bool, bool),
-    ) -> Result<(), Error> {
+    /// FDB entry, neighbour, route for one peer; a failed step undoes the earlier ones it
+    /// added. The FDB entry goes first: on its own it steers nothing, so when a peer's
+    /// VTEP MAC changes, the entry for the new MAC is in place before the neighbour is
+    /// switched to it (one NLM_F_REPLACE) and no packet meets a MAC with no FDB entry.
+    /// (flannel adds the neighbour first; with the route last, a new peer sees no
+    /// difference.)
+    fn program_peer(&mut self, dev: u32, p: &WantPeer, had: Had) -> Result<(), Error> {
+        let (gw, mac, peer) = (p.route.gw, &p.mac[..], p.public_ip);
         self.nl
-            .set_neigh(dev, gw.into(), mac)
-            .ctx(|| format!("neighbour {gw} lladdr {}", mac_string(mac)))?;
-        if let Err(e) = self.nl.set_fdb(dev, mac, peer.into()) {
-            if !had.0 {
-                let _ = self.nl.del_neigh(dev, gw.into());
+            .set_fdb(dev, mac, peer.into())
+            .ctx(|| format!("fdb {} dst {peer}", mac_string(mac)))?;
+        if let Err(e) = self.nl.set_neigh(dev, gw.into(), mac) {
+            if !had.fdb {
+                let _ = self.nl.del_fdb(dev, mac, peer.into());
             }
-            return Err(e).ctx(|| format!("fdb {} dst {peer}", mac_string(mac)));
+            return Err(e).ctx(|| format!("neighbour {gw} lladdr {}", mac_string(mac)));
         }
         if let Err(e) = self
             .nl
-            .replace_route(route.dst.into(), gw.into(), dev, true)
+            .replace_route(p.route.dst.into(), gw.into(), dev, true)
         {
-            if !had.1 {
-                let _ = self.nl.del_fdb(dev, mac, peer.into());
-            }
-            if !had.0 {
+            if !had.neigh {
                 let _ = self.nl.del_neigh(dev, gw.into());
             }
-            return Err(e).ctx(|| format!("route {} via {gw} onlink", route.dst));
+            if !had.fdb {
+                let _ = self.nl.del_fdb(dev, mac, peer.into());
+            }
+            return Err(e).ctx(|| format!("route {} via {gw} onlink", p.route.dst));
         }
         Ok(())
     }
+}
+
+/// One peer behind the VTEP, as this node wants it programmed.
+struct WantPeer {
+    subnet: Ipv4Network,
+    public_ip: Ipv4Addr,
+    mac: Vec<u8>,
+    route: WantRoute,
+}
+
+/// Which of a peer's entries existed (in any form) before programming it: rollback
+/// removes only what it added.
+#[derive(Clone, Copy)]
+struct Had {
+    neigh: bool,
+    fdb: bool,
+}
+
+/// Neighbours to delete: permanent entries whose IP no wanted peer uses. An entry for a
+/// wanted IP with another MAC is not stale: programming that peer replaced it in place
+/// (or, if that failed, the old entry is still better than none).
+fn stale_neighbours<'a>(neighs: &'a [Neigh], want: &[WantPeer]) -> Vec<&'a Neigh> {
+    neighs
+        .iter()
+        .filter(|n| n.permanent && !want.iter().any(|w| IpAddr::V4(w.route.gw) == n.ip))
+        .collect()
+}
+
+/// FDB entries to delete: remote entries (with a `dst`) that are not a wanted (MAC, dst)
+/// pair — a peer that left, or a peer's MAC from before it changed.
+fn stale_fdb<'a>(fdb: &'a [Fdb], want: &[WantPeer]) -> Vec<&'a Fdb> {
+    fdb.iter()
+        .filter(|f| {
+            f.dst.is_some_and(|dst| {
+                !want
+                    .iter()
+                    .any(|w| w.mac == f.mac && IpAddr::V4(w.public_ip) == dst)
+            })
+        })
+        .collect()
 }
 
 impl Backend for Vxlan {
@@ -203,6 +251,10 @@ impl Backend for Vxlan {
 
     fn mtu(&self) -> u32 {
         self.underlay.mtu.saturating_sub(VXLAN_OVERHEAD)
+    }
+
+    fn device(&self) -> Option<String> {
+        Some(Self::device_name(self.vni))
     }
 
     fn backend_data(&mut self, previous: Option<&Lease>) -> Result<Value, Error> {
@@ -246,10 +298,9 @@ impl Backend for Vxlan {
         let fdb = self.nl.fdb(dev).ctx(|| "listing fdb".into())?;
         let routes = self.nl.routes().ctx(|| "listing routes".into())?;
 
+        // 1. The wanted state, whole, before anything is touched.
         let mut want_routes = Vec::new();
-        let mut want_neigh: Vec<(IpAddr, Vec<u8>)> = Vec::new();
-        let mut want_fdb: Vec<(Vec<u8>, IpAddr)> = Vec::new();
-        let mut errors = Vec::new();
+        let mut want: Vec<WantPeer> = Vec::new();
         for p in peers {
             let peer_ip = p.attrs.public_ip;
             if p.attrs.backend_type != "vxlan" {
@@ -271,62 +322,67 @@ impl Backend for Vxlan {
                 });
                 continue;
             }
-            let gw = p.subnet.network();
             let route = WantRoute {
                 dst: p.subnet,
-                gw,
+                gw: p.subnet.network(),
                 oif: dev,
                 onlink: true,
             };
-            let has_neigh = neighs
-                .iter()
-                .any(|n| n.ip == IpAddr::V4(gw) && n.mac == mac && n.permanent);
-            let has_fdb = fdb.iter().any(|f| {
-                f.mac == mac && f.dst == Some(IpAddr::V4(peer_ip)) && f.permanent && f.is_self
+            want_routes.push(route.clone());
+            want.push(WantPeer {
+                subnet: p.subnet,
+                public_ip: peer_ip,
+                mac,
+                route,
             });
-            let has_route = route.present_in(&routes);
-            if !(has_neigh && has_fdb && has_route) {
-                let had_neigh = neighs.iter().any(|n| n.ip == IpAddr::V4(gw));
-                let had_fdb = fdb.iter().any(|f| f.mac == mac);
-                match self.program_peer(dev, gw, &mac, peer_ip, &route, (had_neigh, had_fdb)) {
-                    Ok(()) => {
-                        tracing::info!(subnet = %p.subnet, peer = %peer_ip, mac = %mac_string(&mac),
-                            "peer programmed");
-                        changes += 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(subnet = %p.subnet, error = %e, "programming peer failed");
-                        errors.push(e);
-                    }
-                }
-            }
-            want_neigh.push((gw.into(), mac.clone()));
-            want_fdb.push((mac, peer_ip.into()));
-            want_routes.push(route);
         }
 
-        // Stale entries: peers that left, MACs that changed.
-        for n in neighs.iter().filter(|n| n.permanent) {
-            if !want_neigh
+        // 2. Add and replace what differs.
+        let mut errors = Vec::new();
+        for w in &want {
+            let gw = IpAddr::V4(w.route.gw);
+            let dst = IpAddr::V4(w.public_ip);
+            let has_neigh = neighs
                 .iter()
-                .any(|(ip, mac)| *ip == n.ip && *mac == n.mac)
-            {
-                self.nl
-                    .del_neigh(dev, n.ip)
-                    .ctx(|| format!("deleting neighbour {}", n.ip))?;
-                tracing::info!(ip = %n.ip, "stale neighbour removed");
-                changes += 1;
+                .any(|n| n.ip == gw && n.mac == w.mac && n.permanent);
+            let has_fdb = fdb
+                .iter()
+                .any(|f| f.mac == w.mac && f.dst == Some(dst) && f.permanent && f.is_self);
+            if has_neigh && has_fdb && w.route.present_in(&routes) {
+                continue;
+            }
+            let had = Had {
+                neigh: neighs.iter().any(|n| n.ip == gw),
+                fdb: fdb.iter().any(|f| f.mac == w.mac),
+            };
+            match self.program_peer(dev, w, had) {
+                Ok(()) => {
+                    tracing::info!(subnet = %w.subnet, peer = %w.public_ip,
+                        mac = %mac_string(&w.mac), "peer programmed");
+                    changes += 1;
+                }
+                Err(e) => {
+                    tracing::error!(subnet = %w.subnet, error = %e, "programming peer failed");
+                    errors.push(e);
+                }
             }
         }
-        for f in fdb.iter() {
+
+        // 3. Remove what nobody wants: peers that left, MACs that changed.
+        for n in stale_neighbours(&neighs, &want) {
+            self.nl
+                .del_neigh(dev, n.ip)
+                .ctx(|| format!("deleting neighbour {}", n.ip))?;
+            tracing::info!(ip = %n.ip, "stale neighbour removed");
+            changes += 1;
+        }
+        for f in stale_fdb(&fdb, &want) {
             let Some(dst) = f.dst else { continue };
-            if !want_fdb.iter().any(|(mac, ip)| *mac == f.mac && *ip == dst) {
-                self.nl
-                    .del_fdb(dev, &f.mac, dst)
-                    .ctx(|| format!("deleting fdb {}", mac_string(&f.mac)))?;
-                tracing::info!(mac = %mac_string(&f.mac), %dst, "stale fdb entry removed");
-                changes += 1;
-            }
+            self.nl
+                .del_fdb(dev, &f.mac, dst)
+                .ctx(|| format!("deleting fdb {}", mac_string(&f.mac)))?;
+            tracing::info!(mac = %mac_string(&f.mac), %dst, "stale fdb entry removed");
+            changes += 1;
         }
         changes += sync_routes(
             &mut self.nl,
@@ -358,5 +414,90 @@ impl Backend for Vxlan {
             sync_routes(&mut self.nl, network, own, &[], &[self.underlay.index])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(subnet: &str, ip: &str, mac: [u8; 6]) -> WantPeer {
+        let subnet: Ipv4Network = subnet.parse().unwrap();
+        WantPeer {
+            subnet,
+            public_ip: ip.parse().unwrap(),
+            mac: mac.to_vec(),
+            route: WantRoute {
+                dst: subnet,
+                gw: subnet.network(),
+                oif: 7,
+                onlink: true,
+            },
+        }
+    }
+
+    const OLD: [u8; 6] = [0x0e, 0, 0, 0, 0, 1];
+    const NEW: [u8; 6] = [0x0e, 0, 0, 0, 0, 2];
+
+    #[test]
+    fn a_peers_new_mac_keeps_its_neighbour_and_drops_only_the_old_fdb_entry() {
+        // As read before programming: the peer's entries with its old MAC.
+        let neighs = vec![Neigh {
+            ip: "10.244.2.0".parse().unwrap(),
+            mac: OLD.to_vec(),
+            permanent: true,
+        }];
+        let fdb = vec![Fdb {
+            mac: OLD.to_vec(),
+            dst: Some("192.168.77.12".parse().unwrap()),
+            permanent: true,
+            is_self: true,
+        }];
+        let want = vec![peer("10.244.2.0/24", "192.168.77.12", NEW)];
+        assert!(
+            stale_neighbours(&neighs, &want).is_empty(),
+            "the neighbour was replaced in place, not stale"
+        );
+        let stale = stale_fdb(&fdb, &want);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].mac, OLD.to_vec());
+    }
+
+    #[test]
+    fn a_peer_that_left_loses_its_neighbour_and_fdb_entry() {
+        let neighs = vec![
+            Neigh {
+                ip: "10.244.2.0".parse().unwrap(),
+                mac: OLD.to_vec(),
+                permanent: true,
+            },
+            Neigh {
+                ip: "10.244.3.0".parse().unwrap(),
+                mac: NEW.to_vec(),
+                permanent: true,
+            },
+        ];
+        let fdb = vec![
+            Fdb {
+                mac: OLD.to_vec(),
+                dst: Some("192.168.77.12".parse().unwrap()),
+                permanent: true,
+                is_self: true,
+            },
+            // The device's own entries (no dst) are never touched.
+            Fdb {
+                mac: [0, 0, 0, 0, 0, 0].to_vec(),
+                dst: None,
+                permanent: true,
+                is_self: true,
+            },
+        ];
+        let want = vec![peer("10.244.3.0/24", "192.168.77.13", NEW)];
+        let n = stale_neighbours(&neighs, &want);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].ip.to_string(), "10.244.2.0");
+        let f = stale_fdb(&fdb, &want);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].mac, OLD.to_vec());
     }
 }

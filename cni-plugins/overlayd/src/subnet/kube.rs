@@ -58,6 +58,7 @@ pub fn lease_of_node(n: &Node) -> Option<Lease> {
         subnet,
         attrs: LeaseAttrs {
             public_ip,
+            public_ipv6: annotation(a, "public-ipv6").and_then(|v| v.parse().ok()),
             backend_type,
             backend_data,
         },
