@@ -23,5 +23,8 @@ bash scripts/kube-build.sh >/dev/null
 # The whole workspace, as scripts/test.sh builds it (one feature set, no rebuilds).
 cargo build --release --workspace >&2
 export NESTBOX_BIN_DIR="${NESTBOX_BIN_DIR:-$root/target/release}"
+# The shim as it gets installed (static musl, size profile: scripts/build-shim.sh).
+NESTBOX_SHIM_BIN="${NESTBOX_SHIM_BIN:-$(bash scripts/build-shim.sh --quiet | tail -1)}"
+export NESTBOX_SHIM_BIN
 PODS="$pods" cargo test --release -p nestbox-tests --test nestlet_bench -- --ignored --nocapture --test-threads=1 2>&1 \
     | grep -E '(^|\.\.\. )(pods:|creation|memory:|deletion)|^test result|panicked' | sed 's/^test .* \.\.\. //'
