@@ -27,4 +27,4 @@ export NESTBOX_BIN_DIR="${NESTBOX_BIN_DIR:-$root/target/release}"
 NESTBOX_SHIM_BIN="${NESTBOX_SHIM_BIN:-$(bash scripts/build-shim.sh --quiet | tail -1)}"
 export NESTBOX_SHIM_BIN
 PODS="$pods" cargo test --release -p nestbox-tests --test nestlet_bench -- --ignored --nocapture --test-threads=1 2>&1 \
-    | grep -E '(^|\.\.\. )(pods:|creation|memory:|deletion)|^test result|panicked' | sed 's/^test .* \.\.\. //'
+    | grep -E '(^|\.\.\. )(pods:|creation|from the start|cpu from|memory:|deletion)|^test result|panicked' | sed 's/^test .* \.\.\. //'

@@ -86,6 +86,7 @@ pub fn spawn(
     let (namespace, name) = pod_name(&pod);
     let dir = ctx.pod_dir(&uid);
     let adopting = restored.is_some();
+    tracing::debug!(pod = %format!("{namespace}/{name}"), adopting, "pod worker");
     let st = restored.unwrap_or_else(|| PodState {
         uid: uid.clone(),
         namespace,

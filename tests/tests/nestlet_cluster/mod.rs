@@ -69,11 +69,14 @@ impl Cluster {
                 return false;
             }
             node_obj = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            // The controller-manager's podCIDR and nestlet's first status (conditions) come
+            // in separate writes, in either order.
             node_obj["spec"]["podCIDR"].is_string()
+                && ready_condition(&node_obj)["status"].is_string()
         });
         assert!(
             ok,
-            "node not registered with a podCIDR: {node_obj}\n{}",
+            "node not registered with a podCIDR and a Ready condition: {node_obj}\n{}",
             n.log()
         );
         let ready = ready_condition(&node_obj);
