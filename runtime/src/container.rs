@@ -222,6 +222,10 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         shared_rootfs: None,
     };
     channel.send(&Message::Go)?;
+    // Compiled here while init sets up; init takes it before `Ready`.
+    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
+        channel.send(&Message::Seccomp(crate::seccomp::compile(profile)?))?;
+    }
     loop {
         match channel.recv()? {
             Message::Ready => break,
@@ -757,6 +761,16 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         cg.add_task(pid.as_raw()).map_err(|e| fail(e.into()))?;
     }
     channel.send(&Message::Go).map_err(fail)?;
+    // Compiled here while the child joins the container's namespaces.
+    if let Some(profile) = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+    {
+        let program = crate::seccomp::compile(profile).map_err(fail)?;
+        channel.send(&Message::Seccomp(program)).map_err(fail)?;
+    }
     // The channel closes on exec (close-on-exec); a message means the setup failed.
     match channel.recv_or_closed().map_err(fail)? {
         None => {}

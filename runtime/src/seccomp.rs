@@ -1,4 +1,5 @@
-//! Seccomp for the container process, through nestbox-seccomp (libseccomp).
+//! Seccomp for the container process: the runtime compiles the profile through
+//! nestbox-seccomp (libseccomp); the container's process loads the program with seccomp(2).
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -35,13 +36,31 @@ pub fn connect_listener(profile: &LinuxSeccomp) -> Result<Option<(UnixStream, Pa
     Ok(Some((connection, path.clone())))
 }
 
-/// Compile and load the profile into the calling process: the last step before execve, or
+/// Compile the profile to the program the container's process loads (in the runtime's
+/// process, while that one sets up): the bytes of a [`nestbox_seccomp::Program`].
+pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<u8>> {
+    let program = nestbox_seccomp::compile(profile)
+        .and_then(|filter| filter.program())
+        .map_err(|e| Error::Other(format!("seccomp: {e}")))?;
+    Ok(program.to_bytes())
+}
+
+/// The program sent by [`compile`].
+pub fn decode(bytes: &[u8]) -> Result<nestbox_seccomp::Program> {
+    nestbox_seccomp::Program::from_bytes(bytes)
+        .ok_or_else(|| Error::Other("seccomp: malformed program on the sync channel".into()))
+}
+
+/// Load the compiled profile into the calling process: the last step before execve, or
 /// right before the user switch when no_new_privs is off (loading then needs
-/// CAP_SYS_ADMIN). A notify fd is handed to the listener, whose connection is closed after.
-pub fn load(profile: &LinuxSeccomp, listener: Option<Listener>) -> Result<()> {
-    let filter =
-        nestbox_seccomp::compile(profile).map_err(|e| Error::Other(format!("seccomp: {e}")))?;
-    let Some(notify) = filter
+/// CAP_SYS_ADMIN). One seccomp(2) call, no libseccomp. A notify fd is handed to the
+/// listener, whose connection is closed after.
+pub fn load(
+    program: &nestbox_seccomp::Program,
+    profile: &LinuxSeccomp,
+    listener: Option<Listener>,
+) -> Result<()> {
+    let Some(notify) = program
         .load()
         .map_err(|e| Error::Other(format!("seccomp: {e}")))?
     else {
@@ -63,4 +82,14 @@ pub fn load(profile: &LinuxSeccomp, listener: Option<Listener>) -> Result<()> {
         &state,
     )
     .map_err(|e| Error::Other(format!("seccomp: {e}")))
+}
+
+/// Take the parent's `Seccomp` message (for a spec with a seccomp profile).
+pub fn recv_program(channel: &crate::channel::Channel) -> Result<nestbox_seccomp::Program> {
+    match channel.recv()? {
+        crate::channel::Message::Seccomp(bytes) => decode(&bytes),
+        other => Err(Error::Other(format!(
+            "sync channel: expected the seccomp program, got {other:?}"
+        ))),
+    }
 }

@@ -155,13 +155,26 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
         let home = user::lookup(process.user().uid(), Path::new("/etc")).home;
         env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
     }
+    // Compiled by the parent while we joined the namespaces.
+    let seccomp_program = match config
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+    {
+        Some(_) => Some(crate::seccomp::recv_program(channel)?),
+        None => None,
+    };
     init::finalize(
         config.spec,
         process,
         &exe,
         &args,
         &env,
-        listener,
+        init::SeccompParts {
+            program: seccomp_program.as_ref(),
+            listener,
+        },
         init::KeptFds {
             preserved: config.preserve_fds,
             error_fd: channel.as_raw_fd(),
