@@ -226,7 +226,8 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     channel.send(&Message::Go)?;
     // Compiled here while init sets up; init takes it before `Ready`.
     if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
-        channel.send(&Message::Seccomp(crate::seccomp::compile(profile)?))?;
+        let program = crate::seccomp::compile_cached(&opts.root, profile)?;
+        channel.send(&Message::Seccomp(program))?;
     }
     loop {
         match channel.recv()? {
@@ -682,6 +683,7 @@ fn build_exec_process(
 
 /// Start a new process in a running container; it is a child of this process.
 pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
+    let state_root = root;
     let (state, dir) = load(root, id)?;
     match state.status(&dir) {
         Status::Stopped => {
@@ -769,7 +771,7 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         .as_ref()
         .and_then(|l| l.seccomp().as_ref())
     {
-        let program = crate::seccomp::compile(profile).map_err(fail)?;
+        let program = crate::seccomp::compile_cached(state_root, profile).map_err(fail)?;
         channel.send(&Message::Seccomp(program)).map_err(fail)?;
     }
     // The channel closes on exec (close-on-exec); a message means the setup failed.

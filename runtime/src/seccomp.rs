@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxSeccomp;
 
@@ -43,6 +43,78 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<u8>> {
         .and_then(|filter| filter.program())
         .map_err(|e| Error::Other(format!("seccomp: {e}")))?;
     Ok(program.to_bytes())
+}
+
+/// Where [`compile_cached`] keeps programs, under the state root: a name no container id
+/// can take (ids have no '@').
+pub const CACHE_DIR: &str = "@seccomp-cache";
+/// At most this many programs are kept; a miss that finds more clears the cache.
+const CACHE_MAX: usize = 64;
+
+/// [`compile`], through a cache of compiled programs in `<root>/@seccomp-cache/` (root-owned,
+/// 0700, like the state next to it). Compiling a full default profile for three
+/// architectures takes libseccomp 10-25 ms, more than the rest of `run`; containers mostly
+/// share a handful of profiles. The key hashes the profile as parsed and the identity of
+/// this binary (device, inode, size, mtime: a rebuilt or upgraded runtime, whose compiler may
+/// differ, never reads an older build's programs). No cache for a binary running from a
+/// memfd copy (no stable identity), and any cache error just means compiling.
+pub fn compile_cached(root: &Path, profile: &LinuxSeccomp) -> Result<Vec<u8>> {
+    let Some(key) = cache_key(profile) else {
+        return compile(profile);
+    };
+    let dir = root.join(CACHE_DIR);
+    let path = dir.join(&key);
+    if let Ok(bytes) = std::fs::read(&path) {
+        if nestbox_seccomp::Program::from_bytes(&bytes).is_some() {
+            return Ok(bytes);
+        }
+    }
+    let bytes = compile(profile)?;
+    if let Err(e) = store(&dir, &path, &bytes) {
+        tracing::debug!("seccomp cache: {e}");
+    }
+    Ok(bytes)
+}
+
+fn cache_key(profile: &LinuxSeccomp) -> Option<String> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let exe = std::fs::metadata("/proc/self/exe").ok()?;
+    if exe.nlink() == 0 {
+        return None;
+    }
+    let mut hash = sha2::Sha256::new();
+    hash.update(
+        format!(
+            "nestbox {} {} {} {} {}.{}\n",
+            env!("CARGO_PKG_VERSION"),
+            exe.dev(),
+            exe.ino(),
+            exe.size(),
+            exe.mtime(),
+            exe.mtime_nsec()
+        )
+        .as_bytes(),
+    );
+    hash.update(serde_json::to_vec(profile).ok()?);
+    Some(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn store(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let entries = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+            if entries >= CACHE_MAX {
+                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Err(e) => return Err(Error::Other(format!("creating {}: {e}", dir.display()))),
+    }
+    crate::state::write_atomic(path, bytes)
 }
 
 /// The program sent by [`compile`].
