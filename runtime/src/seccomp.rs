@@ -64,16 +64,43 @@ pub fn compile_cached(root: &Path, profile: &LinuxSeccomp) -> Result<Vec<u8>> {
     };
     let dir = root.join(CACHE_DIR);
     let path = dir.join(&key);
-    if let Ok(bytes) = std::fs::read(&path) {
-        if nestbox_seccomp::Program::from_bytes(&bytes).is_some() {
-            return Ok(bytes);
+    let trusted = trusted_dir(&dir);
+    if trusted {
+        if let Ok(bytes) = std::fs::read(&path) {
+            if nestbox_seccomp::Program::from_bytes(&bytes).is_some() {
+                return Ok(bytes);
+            }
         }
     }
     let bytes = compile(profile)?;
-    if let Err(e) = store(&dir, &path, &bytes) {
+    let stored = match trusted {
+        true => store(&dir, &path, &bytes),
+        // A fresh directory is ours; anything else already there is left alone.
+        false => create_dir(&dir).and_then(|()| store(&dir, &path, &bytes)),
+    };
+    if let Err(e) = stored {
         tracing::debug!("seccomp cache: {e}");
     }
     Ok(bytes)
+}
+
+/// Only a real directory of ours that nobody else can write is read from: a program loaded
+/// from it goes straight into the container's process.
+fn trusted_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::symlink_metadata(dir).is_ok_and(|m| {
+        m.is_dir()
+            && m.uid() == nix::unistd::geteuid().as_raw()
+            && m.permissions().mode() & 0o022 == 0
+    })
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::Other(format!("creating {}: {e}", dir.display()))),
+    }
 }
 
 fn cache_key(profile: &LinuxSeccomp) -> Option<String> {
@@ -100,19 +127,13 @@ fn cache_key(profile: &LinuxSeccomp) -> Option<String> {
     Some(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Into a trusted cache directory (it exists): a miss that finds it full clears it first.
 fn store(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let entries = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-            if entries >= CACHE_MAX {
-                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
+    let entries = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    if entries >= CACHE_MAX {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(entry.path());
         }
-        Err(e) => return Err(Error::Other(format!("creating {}: {e}", dir.display()))),
     }
     crate::state::write_atomic(path, bytes)
 }

@@ -5,6 +5,7 @@
 //! `cargo test -p nestbox-tests --test runtime_behaviour -- --test-threads=2`
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -962,6 +963,17 @@ fn seccomp_programs_are_cached_per_profile_and_still_enforced() {
     let (code, out, err) = nb.run(&other);
     assert_eq!((code, out.as_str()), (0, "mkdir=1\n/tmp\n"), "{err}");
     assert_eq!(entries(), 2);
+
+    // A cache directory others may write is never used (nor written): the profile is
+    // compiled and enforced all the same.
+    let nb = Runtime::nestbox();
+    let cache = nb.root.path().join("@seccomp-cache");
+    std::fs::create_dir_all(&cache).expect("mkdir cache");
+    let open = std::fs::Permissions::from_mode(0o777);
+    std::fs::set_permissions(&cache, open).expect("chmod cache");
+    let (code, out, err) = nb.run(&b);
+    assert_eq!((code, out.as_str()), (0, "pwd=1\n"), "{err}");
+    assert_eq!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0), 0);
 }
 
 #[test]
