@@ -5,7 +5,8 @@ set -euo pipefail
 
 PKGS=(
   # build (protoc: the CRI client of the shim tests compiles the CRI protos)
-  pkg-config libseccomp-dev gcc protobuf-compiler
+  # (libc6-dev and libseccomp-dev: their static archives link the runtime, scripts/build-runtime.sh)
+  pkg-config libc6-dev libseccomp-dev gcc protobuf-compiler
   # the test image and tools the tests drive (bsdutils: `script`, a pty for ctr -t)
   busybox-static iproute2 util-linux bsdutils procps psmisc jq file kmod
   nftables iptables iputils-ping wget

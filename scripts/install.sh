@@ -4,13 +4,14 @@
 # into the CNI bin dir and link the plugin names to nestbox-cni
 # (nestbox-{bridge,host-local,loopback,vxlan,host-gw}). The reference plugins' names
 # (bridge, host-local, loopback) and flannel's are only taken with --drop-in.
-# With --bin-dir DIR, also install the runtime (nestbox, nestbox-pause) and the containerd
-# shim (containerd-shim-nestbox-v2, the static build from scripts/build-shim.sh) into DIR,
-# side by side (the shim runs the nestbox beside it): DIR must be on containerd's PATH,
-# e.g. /usr/local/bin.
+# With --bin-dir DIR, also install the runtime (nestbox, nestbox-pause: the static build
+# from scripts/build-runtime.sh) and the containerd shim (containerd-shim-nestbox-v2, the
+# static build from scripts/build-shim.sh) into DIR, side by side (the shim runs the
+# nestbox beside it): DIR must be on containerd's PATH, e.g. /usr/local/bin.
 #   scripts/install.sh [--cni-bin-dir DIR] [--drop-in] [--bin-dir DIR]
 # NESTBOX_CNI_BIN / NESTBOX_OVERLAYD_BIN / NESTBOX_SHIM_BIN / NESTBOX_BIN_DIR override the
-# binaries' paths (NESTBOX_BIN_DIR: where nestbox and nestbox-pause are).
+# binaries' paths (NESTBOX_RUNTIME_DIR, else NESTBOX_BIN_DIR: where nestbox and nestbox-pause
+# are).
 set -eu
 
 bin_dir=/opt/cni/bin
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
         --drop-in) drop_in=1; shift ;;
         --bin-dir) rt_dir="$2"; shift 2 ;;
         --bin-dir=*) rt_dir="${1#*=}"; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -73,7 +74,15 @@ fi
 echo "installed nestbox-cni and nestbox-overlayd into $bin_dir$( [ "$drop_in" = 1 ] && echo ' (drop-in: bridge, host-local, loopback, flannel)')"
 
 if [ -n "$rt_dir" ]; then
-    rt_src=${NESTBOX_BIN_DIR:-$root/target/release}
+    if [ -n "${NESTBOX_RUNTIME_DIR:-}" ]; then
+        rt_src=$NESTBOX_RUNTIME_DIR
+    elif [ -n "${NESTBOX_BIN_DIR:-}" ]; then
+        rt_src=$NESTBOX_BIN_DIR
+    elif command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ]; then
+        rt_src=$(bash "$root/scripts/build-runtime.sh" --quiet | tail -1)
+    else
+        rt_src=$root/target/release
+    fi
     if [ -n "${NESTBOX_SHIM_BIN:-}" ]; then
         shim_src=$NESTBOX_SHIM_BIN
     elif command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -26,6 +26,11 @@ echo "CNI plugins under test: $NESTBOX_CNI_BIN"
 NESTBOX_SHIM_BIN=$(bash scripts/build-shim.sh | tail -1)
 export NESTBOX_SHIM_BIN
 echo "containerd shim under test: $NESTBOX_SHIM_BIN"
+# The runtime too: the static `runtime`-profile build of nestbox and nestbox-pause that gets
+# installed (scripts/build-runtime.sh); tests look them up there first.
+NESTBOX_RUNTIME_DIR=$(bash scripts/build-runtime.sh | tail -1)
+export NESTBOX_RUNTIME_DIR
+echo "runtime under test: $NESTBOX_RUNTIME_DIR"
 
 phase "fmt and clippy"
 cargo fmt --all -- --check

@@ -23,6 +23,9 @@ pub enum Message {
     Ready,
     /// Init to parent: setup failed, with a one-line reason.
     Failed(String),
+    /// Parent to init (or exec's child): the compiled seccomp filter
+    /// (nestbox_seccomp::Program::to_bytes).
+    Seccomp(Vec<u8>),
 }
 
 impl Message {
@@ -41,6 +44,11 @@ impl Message {
                 v.extend_from_slice(m.as_bytes());
                 v
             }
+            Message::Seccomp(program) => {
+                let mut v = b"S".to_vec();
+                v.extend_from_slice(program);
+                v
+            }
         }
     }
 
@@ -51,6 +59,7 @@ impl Message {
             Some((b'N', _)) => Ok(Message::NamespacesReady),
             Some((b'C', m)) => Ok(Message::Continue(String::from_utf8_lossy(m).into_owned())),
             Some((b'F', m)) => Ok(Message::Failed(String::from_utf8_lossy(m).into_owned())),
+            Some((b'S', m)) => Ok(Message::Seccomp(m.to_vec())),
             Some(_) => Err(Error::Other("sync channel: unknown message".into())),
             None => Err(Error::Other(
                 "container init exited before finishing its setup".into(),

@@ -1,7 +1,7 @@
 //! The container lifecycle: create, start, run, state, kill, delete, list.
 //!
 //! `create` clones init (a direct child of the caller's process: the runtime never double-forks
-//! it away), places it in its cgroup, writes id maps, waits for init's `Ready`, then records
+//! it away; init enters its cgroup itself before anything else), writes id maps, waits for init's `Ready`, then records
 //! state.json and the pid file. Every error after partial creation undoes it (the init is
 //! killed, the cgroup removed, the state dir deleted) via [`CreateGuard`].
 
@@ -197,11 +197,13 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         seccomp_listener,
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
+        cgroup: Some(&cgroup),
     };
+    // Init enters its cgroup itself, first thing (cheap for the caller alone; see
+    // Cgroup::enter_v1_self), or is born in its cgroup2 directory.
     let (pid, channel) = process::spawn(config, init_end, parent_end)?;
     guard.child = Some(pid);
 
-    cgroup.add_task(pid.as_raw())?;
     if namespaces.has_new(LinuxNamespaceType::User) {
         process::write_id_maps(pid, &bundle.spec)?;
     }
@@ -222,6 +224,11 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         shared_rootfs: None,
     };
     channel.send(&Message::Go)?;
+    // Compiled here while init sets up; init takes it before `Ready`.
+    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
+        let program = crate::seccomp::compile_cached(&opts.root, profile)?;
+        channel.send(&Message::Seccomp(program))?;
+    }
     loop {
         match channel.recv()? {
             Message::Ready => break,
@@ -676,6 +683,7 @@ fn build_exec_process(
 
 /// Start a new process in a running container; it is a child of this process.
 pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
+    let state_root = root;
     let (state, dir) = load(root, id)?;
     match state.status(&dir) {
         Status::Stopped => {
@@ -746,17 +754,26 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<Pid> {
         seccomp_listener,
         preserve_fds: opts.preserve_fds,
         state_json: state.oci_json(Status::Running),
+        cgroup: state.cgroup.as_ref(),
     };
+    // The child enters the container's cgroup itself, first thing.
     let (pid, channel) = process::exec::spawn(config, child_end, parent_end)?;
     let fail = |e: Error| {
         let _ = kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
         e
     };
-    if let Some(cg) = &state.cgroup {
-        cg.add_task(pid.as_raw()).map_err(|e| fail(e.into()))?;
-    }
     channel.send(&Message::Go).map_err(fail)?;
+    // Compiled here while the child joins the container's namespaces.
+    if let Some(profile) = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+    {
+        let program = crate::seccomp::compile_cached(state_root, profile).map_err(fail)?;
+        channel.send(&Message::Seccomp(program)).map_err(fail)?;
+    }
     // The channel closes on exec (close-on-exec); a message means the setup failed.
     match channel.recv_or_closed().map_err(fail)? {
         None => {}

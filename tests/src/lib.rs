@@ -28,7 +28,8 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Path of a built nestbox binary: `$NESTBOX_BIN_DIR/<name>`, else `target/release`, else
-/// `target/debug`. Panics when it was not built.
+/// `target/debug` (`nestbox` and `nestbox-pause`: `$NESTBOX_RUNTIME_DIR/<name>` first).
+/// Panics when it was not built.
 /// The nestbox-cni binary under test: `$NESTBOX_CNI_BIN` (scripts/test.sh sets it to the
 /// static musl build that gets installed, see scripts/build-cni.sh), else the workspace
 /// build.
@@ -103,6 +104,13 @@ pub fn shim_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let mut dirs = Vec::new();
+    // The runtime's own build (scripts/build-runtime.sh: static, `runtime` profile), when
+    // scripts/test.sh names it: `nestbox` and `nestbox-pause` under test are the installed ones.
+    if matches!(name, "nestbox" | "nestbox-pause") {
+        if let Ok(d) = std::env::var("NESTBOX_RUNTIME_DIR") {
+            dirs.push(PathBuf::from(d));
+        }
+    }
     if let Ok(d) = std::env::var("NESTBOX_BIN_DIR") {
         dirs.push(PathBuf::from(d));
     }

@@ -5,6 +5,7 @@
 //! `cargo test -p nestbox-tests --test runtime_behaviour -- --test-threads=2`
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -909,6 +910,70 @@ fn seccomp_notify_fd_goes_to_the_listener() {
         b.path().to_str().unwrap(),
         "{payload}"
     );
+}
+
+/// nestbox keeps compiled seccomp programs in `<root>/@seccomp-cache/`, one per profile:
+/// a second `run` and an `exec` with the same profile load the cached program and it is
+/// still enforced; a different profile gets its own entry; `list` does not see the cache.
+#[test]
+fn seccomp_programs_are_cached_per_profile_and_still_enforced() {
+    let nb = Runtime::nestbox();
+    let cache = nb.root.path().join("@seccomp-cache");
+    let deny = |b: &mut Bundle, names: &[&str], errno: u32| {
+        b.config["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            "syscalls": [{"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": errno}]
+        });
+    };
+    let entries = || std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    let mut b = bundle_with(&["sh", "-c", "cd /tmp && /bin/pwd -P; echo pwd=$?"]);
+    deny(&mut b, &["getcwd"], 1);
+    b.write();
+    for round in 0..2 {
+        let (code, out, err) = nb.run(&b);
+        assert_eq!((code, out.as_str()), (0, "pwd=1\n"), "round {round}: {err}");
+        assert_eq!(entries(), 1, "round {round}");
+    }
+    // exec into a container with the same profile: the cached program applies to it too.
+    let mut sleeper = bundle_with(&["sleep", "1000"]);
+    deny(&mut sleeper, &["getcwd"], 1);
+    sleeper.write();
+    let id = nb.start(&sleeper);
+    let (code, out, err) = nb.out(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "cd /tmp && /bin/pwd -P; echo pwd=$?",
+    ]);
+    assert_eq!((code, out.as_str()), (0, "pwd=1\n"), "{err}");
+    assert_eq!(entries(), 1);
+    assert_eq!(nb.list_ids(), vec![id.clone()]);
+    assert_eq!(nb.out(&["delete", "--force", &id]).0, 0);
+    // Another profile: its own program, enforced as written.
+    let mut other = bundle_with(&[
+        "sh",
+        "-c",
+        "mkdir /tmp/d; echo mkdir=$?; cd /tmp && /bin/pwd",
+    ]);
+    other.config["root"]["readonly"] = json!(false);
+    deny(&mut other, &["mkdir", "mkdirat"], 13);
+    other.write();
+    let (code, out, err) = nb.run(&other);
+    assert_eq!((code, out.as_str()), (0, "mkdir=1\n/tmp\n"), "{err}");
+    assert_eq!(entries(), 2);
+
+    // A cache directory others may write is never used (nor written): the profile is
+    // compiled and enforced all the same.
+    let nb = Runtime::nestbox();
+    let cache = nb.root.path().join("@seccomp-cache");
+    std::fs::create_dir_all(&cache).expect("mkdir cache");
+    let open = std::fs::Permissions::from_mode(0o777);
+    std::fs::set_permissions(&cache, open).expect("chmod cache");
+    let (code, out, err) = nb.run(&b);
+    assert_eq!((code, out.as_str()), (0, "pwd=1\n"), "{err}");
+    assert_eq!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0), 0);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Reproductions of the container-escape bugs every runtime must carry fixes for, run against
 //! `nestbox` and, where runc 1.1.5 is also expected to resist, against `runc`:
 //!
-//! - CVE-2019-5736: overwriting the runtime's binary through `/proc/<pid>/exe` during `exec`.
+//! - CVE-2019-5736: overwriting the runtime's binary through `/proc/<pid>/exe` during `exec`
+//!   and during `run` (nestbox only), for the read-only bind mount and the memfd fallback.
 //! - CVE-2024-21626: a process cwd, or the executable, reached through a leaked host dir fd
 //!   (`/proc/self/fd/N`). runc 1.1.5 is vulnerable to this one, so these cases run against
 //!   nestbox only.
@@ -104,9 +105,24 @@ struct Attack {
     exec: (i32, String, String),
 }
 
+/// When the attacked runtime process runs in the container.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum During {
+    /// `exec` into the attacking container: the runtime's helper joins its namespaces.
+    Exec,
+    /// `run` of a second container that joins the attacking container's pid namespace (as
+    /// containers of a pod sharing one): its init is the runtime's binary until it execs,
+    /// and the second container's rootfs is the attacker's (so its /etc/passwd is the fifo).
+    Run,
+}
+
 /// Run the CVE-2019-5736 attack against a private copy of the runtime's binary (so a
 /// successful attack harms nothing else) with `env` on the runtime's command lines.
-fn overwrite_through_proc_exe(rt: Runtime, env: Vec<(&'static str, &'static str)>) -> Attack {
+fn overwrite_through_proc_exe(
+    rt: Runtime,
+    env: Vec<(&'static str, &'static str)>,
+    during: During,
+) -> Attack {
     let copy_dir = TempDir::new("sec-bin");
     // Declared after copy_dir: dropped (containers deleted) while the binary still exists.
     let mut rt = rt;
@@ -141,7 +157,28 @@ fn overwrite_through_proc_exe(rt: Runtime, env: Vec<(&'static str, &'static str)
         rt.name
     );
 
-    let exec = rt.out(&["exec", &id, "sh", "-c", "echo exec-ran"]);
+    // Declared before `b`'s use ends: the second bundle only has a config.
+    let runner = TempDir::new("sec-run");
+    let exec = match during {
+        During::Exec => rt.out(&["exec", &id, "sh", "-c", "echo exec-ran"]),
+        During::Run => {
+            let mut config = b.config.clone();
+            config["root"]["path"] = json!(b.rootfs());
+            config["process"]["args"] = json!(["sh", "-c", "echo exec-ran"]);
+            let pid_ns = format!("/proc/{}/ns/pid", rt.pid(&id));
+            config["linux"]["namespaces"] = json!([
+                {"type": "pid", "path": pid_ns}, {"type": "network"}, {"type": "ipc"},
+                {"type": "uts"}, {"type": "mount"}
+            ]);
+            std::fs::write(
+                runner.path().join("config.json"),
+                serde_json::to_vec_pretty(&config).expect("json"),
+            )
+            .expect("config.json");
+            let bundle = runner.path().to_str().expect("utf-8 path");
+            rt.out(&["run", "--bundle", bundle, &unique("sec-run")])
+        }
+    };
     let result_path = b.rootfs().join("result");
     let finished = wait_until(60, || {
         std::fs::read_to_string(&result_path).is_ok_and(|r| r.lines().any(|l| l == "done"))
@@ -185,41 +222,75 @@ fn assert_attack_failed(name: &str, a: &Attack) {
     );
 }
 
+/// nestbox's helper is dumpable, so the container did open its exe; both writes were really
+/// attempted and failed. `memfd`: the exe the container reached is the sealed in-memory copy
+/// (the fallback), else the read-only bind mount (writes fail with EROFS once the binary no
+/// longer runs; while it runs, ETXTBSY may come first).
+fn assert_nestbox_attack_failed(a: &Attack, memfd: bool) {
+    assert_attack_failed("nestbox", a);
+    let lines: Vec<&str> = a.result.lines().collect();
+    for want in ["open=ok", "running-write=failed", "exited", "write=failed"] {
+        assert!(lines.contains(&want), "lacks {want}: {:?}", a.result);
+    }
+    let memfd_exe = lines.iter().any(|l| l.starts_with("exe=/memfd:"));
+    assert_eq!(memfd_exe, memfd, "exe of the helper: {:?}", a.result);
+    if !memfd {
+        assert!(
+            a.result.contains("Read-only file system"),
+            "the last write did not fail on the read-only mount: {:?}",
+            a.result
+        );
+    }
+}
+
 #[test]
 fn cve_2019_5736_exec_cannot_overwrite_the_runtime_binary() {
     for rt in [Runtime::runc(), Runtime::nestbox()] {
         let name = rt.name;
-        let a = overwrite_through_proc_exe(rt, Vec::new());
+        let a = overwrite_through_proc_exe(rt, Vec::new(), During::Exec);
         assert_attack_failed(name, &a);
         if name == "nestbox" {
-            // nestbox's helper is dumpable, so the container did open its exe: a sealed
-            // in-memory copy, and both writes were really attempted and failed.
-            let lines: Vec<&str> = a.result.lines().collect();
-            for want in ["open=ok", "running-write=failed", "exited", "write=failed"] {
-                assert!(lines.contains(&want), "lacks {want}: {:?}", a.result);
-            }
-            assert!(
-                lines.iter().any(|l| l.starts_with("exe=/memfd:")),
-                "the container reached a binary that is not a memfd: {:?}",
-                a.result
-            );
+            assert_nestbox_attack_failed(&a, false);
         }
+    }
+}
+
+/// The same attack on the init of a container being `run` into the attacker's pid
+/// namespace (nestbox only).
+#[test]
+fn cve_2019_5736_run_cannot_overwrite_the_runtime_binary() {
+    let a = overwrite_through_proc_exe(Runtime::nestbox(), Vec::new(), During::Run);
+    assert_nestbox_attack_failed(&a, false);
+}
+
+/// The fallback for kernels without open_tree/mount_setattr (forced by the test switch): a
+/// sealed memfd copy resists both during `exec` and during `run`.
+#[test]
+fn cve_2019_5736_memfd_fallback_cannot_be_overwritten() {
+    for during in [During::Exec, During::Run] {
+        let env = vec![("_NESTBOX_SEALED_EXE_MODE", "memfd")];
+        let a = overwrite_through_proc_exe(Runtime::nestbox(), env, during);
+        assert_nestbox_attack_failed(&a, true);
     }
 }
 
 /// The same attack against nestbox with the sealed re-exec skipped (the marker it sets in
 /// its own environment after re-executing): the write must then succeed and change the
-/// binary. This proves the reproduction above really exercises the attack.
+/// binary, during `exec` and during `run`. This proves the reproductions above really
+/// exercise the attack.
 #[test]
 fn cve_2019_5736_repro_overwrites_an_unsealed_runtime() {
-    let a = overwrite_through_proc_exe(Runtime::nestbox(), vec![("_NESTBOX_SEALED_EXE", "1")]);
-    let lines: Vec<&str> = a.result.lines().collect();
-    assert!(lines.contains(&"write=ok"), "{:?}", a.result);
-    assert_ne!(
-        a.sha_after, a.sha_before,
-        "the unsealed binary should have been overwritten: {:?}",
-        a.result
-    );
+    for during in [During::Exec, During::Run] {
+        let env = vec![("_NESTBOX_SEALED_EXE", "1")];
+        let a = overwrite_through_proc_exe(Runtime::nestbox(), env, during);
+        let lines: Vec<&str> = a.result.lines().collect();
+        assert!(lines.contains(&"write=ok"), "{during:?}: {:?}", a.result);
+        assert_ne!(
+            a.sha_after, a.sha_before,
+            "{during:?}: the unsealed binary should have been overwritten: {:?}",
+            a.result
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

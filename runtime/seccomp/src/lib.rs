@@ -299,6 +299,8 @@ const FLAG_SPEC_ALLOW: libc::c_ulong = 4;
 const FLAG_NEW_LISTENER: libc::c_ulong = 8;
 const FLAG_TSYNC_ESRCH: libc::c_ulong = 16;
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+/// The size of [`Program::to_bytes`]'s flags.
+const FLAGS_LEN: usize = std::mem::size_of::<libc::c_ulong>();
 
 fn has_repeated_index(args: &[LinuxSeccompArg]) -> bool {
     let mut seen = [false; 6];
@@ -373,6 +375,42 @@ impl Filter {
         Ok(Some(owned))
     }
 
+    /// The whole BPF program and its seccomp(2) flags: what [`Program::load`] hands the
+    /// kernel, with no libseccomp involved. The runtime compiles the filter in its own
+    /// process while the container's process sets up and sends it this over the sync
+    /// channel ([`Program::to_bytes`]), so the container's process only makes one syscall.
+    pub fn program(&self) -> Result<Program, Error> {
+        let code = match &self.program {
+            Some(program) => program.clone(),
+            None => {
+                let code = enosys::parse_program(&self.export_bpf()?);
+                if code.is_empty() || code.len() > 4096 {
+                    return Err(Error::Export(format!(
+                        "{} instructions (the kernel takes 1 to 4096)",
+                        code.len()
+                    )));
+                }
+                code
+            }
+        };
+        Ok(Program {
+            flags: self.flags,
+            code,
+        })
+    }
+
+    fn export_bpf(&self) -> Result<Vec<u8>, Error> {
+        let mut file = memfd("nestbox-seccomp-bpf")?;
+        self.ctx
+            .export_bpf(file.as_fd())
+            .map_err(|e| Error::Export(e.to_string()))?;
+        file.rewind().map_err(|e| Error::Export(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::Export(e.to_string()))?;
+        Ok(bytes)
+    }
+
     /// Whether load() puts runc's ENOSYS stub in front of the filter.
     pub fn has_enosys_stub(&self) -> bool {
         self.program.is_some()
@@ -382,16 +420,8 @@ impl Filter {
         &self,
         stub: &[enosys::SockFilter],
     ) -> Result<Vec<enosys::SockFilter>, Error> {
-        let mut file = memfd("nestbox-seccomp-bpf")?;
-        self.ctx
-            .export_bpf(file.as_fd())
-            .map_err(|e| Error::Export(e.to_string()))?;
-        file.rewind().map_err(|e| Error::Export(e.to_string()))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::Export(e.to_string()))?;
         let mut program = stub.to_vec();
-        program.extend(enosys::parse_program(&bytes));
+        program.extend(enosys::parse_program(&self.export_bpf()?));
         if program.len() > 4096 {
             return Err(Error::Export(format!(
                 "{} instructions exceed the kernel's 4096",
@@ -402,33 +432,98 @@ impl Filter {
     }
 
     fn load_program(&self, program: &[enosys::SockFilter]) -> Result<Option<OwnedFd>, Error> {
-        #[repr(C)]
-        struct SockFprog {
-            len: libc::c_ushort,
-            filter: *const enosys::SockFilter,
-        }
-        let prog = SockFprog {
-            len: program.len() as libc::c_ushort,
-            filter: program.as_ptr(),
-        };
-        // SAFETY: prog points at `program`, alive for the call; the kernel copies it.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                SECCOMP_SET_MODE_FILTER,
-                self.flags,
-                &prog as *const SockFprog,
-            )
-        };
-        if r < 0 {
-            return Err(Error::LoadRaw(std::io::Error::last_os_error()));
-        }
-        if self.flags & FLAG_NEW_LISTENER != 0 {
-            // SAFETY: with NEW_LISTENER seccomp(2) returns a new fd that we own.
-            return Ok(Some(unsafe { OwnedFd::from_raw_fd(r as i32) }));
-        }
-        Ok(None)
+        load_raw(self.flags, program)
     }
+}
+
+/// A compiled filter as the kernel takes it: BPF instructions and seccomp(2) flags
+/// ([`Filter::program`]). Loading it needs no libseccomp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    flags: libc::c_ulong,
+    code: Vec<enosys::SockFilter>,
+}
+
+impl Program {
+    /// Load into the calling thread, as [`Filter::load`] does (same rules for
+    /// no_new_privs and CAP_SYS_ADMIN). Returns the notify fd (close-on-exec) when the
+    /// profile uses SCMP_ACT_NOTIFY.
+    pub fn load(&self) -> Result<Option<OwnedFd>, Error> {
+        load_raw(self.flags, &self.code)
+    }
+
+    /// Whether load() returns a notify fd.
+    pub fn uses_notify(&self) -> bool {
+        self.flags & FLAG_NEW_LISTENER != 0
+    }
+
+    /// The size in instructions.
+    pub fn len(&self) -> usize {
+        self.code.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.code.is_empty()
+    }
+
+    /// Flat bytes: the flags (a C unsigned long), then the instructions (8 bytes each),
+    /// native endian: for a process of the same binary.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FLAGS_LEN + 8 * self.code.len());
+        out.extend_from_slice(&self.flags.to_ne_bytes());
+        for insn in &self.code {
+            out.extend_from_slice(&insn.code.to_ne_bytes());
+            out.push(insn.jt);
+            out.push(insn.jf);
+            out.extend_from_slice(&insn.k.to_ne_bytes());
+        }
+        out
+    }
+
+    /// The inverse of [`Program::to_bytes`]; None for a malformed buffer.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Program> {
+        let (flags, code) = bytes.split_at_checked(FLAGS_LEN)?;
+        if code.is_empty() || code.len() % 8 != 0 || code.len() / 8 > 4096 {
+            return None;
+        }
+        let flags = libc::c_ulong::from_ne_bytes(flags.try_into().ok()?);
+        Some(Program {
+            flags,
+            code: enosys::parse_program(code),
+        })
+    }
+}
+
+fn load_raw(
+    flags: libc::c_ulong,
+    program: &[enosys::SockFilter],
+) -> Result<Option<OwnedFd>, Error> {
+    #[repr(C)]
+    struct SockFprog {
+        len: libc::c_ushort,
+        filter: *const enosys::SockFilter,
+    }
+    let prog = SockFprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr(),
+    };
+    // SAFETY: prog points at `program`, alive for the call; the kernel copies it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const SockFprog,
+        )
+    };
+    if r < 0 {
+        return Err(Error::LoadRaw(std::io::Error::last_os_error()));
+    }
+    if flags & FLAG_NEW_LISTENER != 0 {
+        // SAFETY: with NEW_LISTENER seccomp(2) returns a new fd that we own.
+        return Ok(Some(unsafe { OwnedFd::from_raw_fd(r as i32) }));
+    }
+    Ok(None)
 }
 
 /// Send the notify fd to the seccomp agent at `listener_path` (linux.seccomp.listenerPath):

@@ -27,9 +27,38 @@ fn try_mkdir() -> i32 {
 }
 
 /// Fork; the child sets no_new_privs, loads the profile, runs `body` and _exits with its
-/// result (100 + n when loading failed).
+/// result (100 + n when loading failed). Done twice: loaded by libseccomp-side
+/// `Filter::load` and as the runtime does it, a `Program` sent as bytes and loaded with
+/// seccomp(2) alone; both must end the same way (the second one's status is returned).
 fn in_child(json: &str, body: fn(Option<std::os::fd::OwnedFd>) -> i32) -> WaitStatus {
+    let via_filter = in_child_with(json, body, false);
+    let via_program = in_child_with(json, body, true);
+    assert_eq!(
+        outcome(via_filter),
+        outcome(via_program),
+        "Filter::load and Program::load differ for {json}"
+    );
+    via_program
+}
+
+fn outcome(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("signal {sig}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn in_child_with(
+    json: &str,
+    body: fn(Option<std::os::fd::OwnedFd>) -> i32,
+    program: bool,
+) -> WaitStatus {
     let filter = nestbox_seccomp::compile(&profile(json)).expect("compile");
+    let program = program.then(|| {
+        let bytes = filter.program().expect("program").to_bytes();
+        nestbox_seccomp::Program::from_bytes(&bytes).expect("program from bytes")
+    });
     // SAFETY: the child only makes syscalls and exits with _exit; the filter is compiled
     // before forking.
     match unsafe { fork() }.expect("fork") {
@@ -38,7 +67,11 @@ fn in_child(json: &str, body: fn(Option<std::os::fd::OwnedFd>) -> i32) -> WaitSt
             let code = if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
                 101
             } else {
-                match filter.load() {
+                let loaded = match &program {
+                    Some(p) => p.load(),
+                    None => filter.load(),
+                };
+                match loaded {
                     Ok(fd) => body(fd),
                     Err(_) => 102,
                 }

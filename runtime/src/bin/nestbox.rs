@@ -14,7 +14,14 @@ fn main() {
     // default so the container process (and our own output to a closed pipe) behave normally.
     // SAFETY: setting a signal disposition to SIG_DFL has no memory-safety preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = cli::Cli::parse_from(cli::normalise_args(std::env::args_os()));
+    let args = cli::normalise_args(std::env::args_os());
+    // Before anything else: a command that starts container processes re-execs from a
+    // sealed view of the binary (returns here only once sealed, or on error).
+    let sealed = match cli::starts_container(&args) {
+        true => nestbox_runtime::memfd::ensure_sealed_exe().err(),
+        false => None,
+    };
+    let cli = cli::Cli::parse_from(args);
     let format = match cli.log_format {
         cli::LogFormat::Json => Format::Json,
         cli::LogFormat::Text => Format::Text,
@@ -28,12 +35,9 @@ fn main() {
     };
     let debug = cli.debug || cli.log_level.as_deref() == Some("debug");
     logging::init(sink.clone(), debug);
-    let result = if cli.starts_container() {
-        nestbox_runtime::memfd::ensure_sealed_exe()
-            .map_err(anyhow::Error::from)
-            .and_then(|()| cli::dispatch(&cli))
-    } else {
-        cli::dispatch(&cli)
+    let result = match sealed {
+        Some(e) => Err(anyhow::Error::from(e)),
+        None => cli::dispatch(&cli),
     };
     let code = match result {
         Ok(code) => code,

@@ -230,14 +230,26 @@ pub fn normalise_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
     out
 }
 
-impl Cli {
-    /// Commands that start container processes run from a sealed copy of the binary.
-    pub fn starts_container(&self) -> bool {
-        matches!(
-            self.command,
-            Some(Command::Create(_)) | Some(Command::Run(_)) | Some(Command::Exec(_))
-        )
+/// Whether the (normalised) command line starts container processes: those run from a
+/// sealed view of the binary (runtime/src/memfd.rs). Decided from the command name alone,
+/// before clap parses anything, so the first process does as little as possible before it
+/// re-execs.
+pub fn starts_container(args: &[OsString]) -> bool {
+    let mut args = args.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let s = arg.to_string_lossy();
+        if let Some(flag) = s.strip_prefix("--") {
+            if !flag.contains('=') && VALUE_FLAGS.contains(&flag) {
+                args.next();
+            }
+            continue;
+        }
+        if s.starts_with('-') {
+            continue;
+        }
+        return matches!(&*s, "create" | "run" | "exec");
     }
+    false
 }
 
 /// Run the parsed command; returns the exit code.
@@ -327,6 +339,22 @@ mod tests {
             if let Err(e) = Cli::try_parse_from(args) {
                 panic!("{line}: {e}");
             }
+        }
+    }
+
+    #[test]
+    fn commands_that_start_containers_are_found_by_name() {
+        for (line, want) in [
+            ("nestbox --root /r run --bundle /b id", true),
+            ("nestbox --root=/r --log /run create id", true),
+            ("nestbox --log-format json exec id true", true),
+            ("nestbox --root /run state id", false),
+            ("nestbox --debug delete --force run", false),
+            ("nestbox -root /exec list", false),
+            ("nestbox", false),
+        ] {
+            let args = normalise_args(line.split(' ').map(OsString::from));
+            assert_eq!(starts_container(&args), want, "{line}");
         }
     }
 

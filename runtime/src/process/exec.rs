@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
@@ -58,6 +59,8 @@ pub struct ExecConfig<'a> {
     pub preserve_fds: i32,
     /// The container's state JSON, for a seccomp agent (linux.seccomp.listenerPath).
     pub state_json: String,
+    /// The container's cgroup: the child enters it first thing.
+    pub cgroup: Option<&'a nestbox_cgroups::Cgroup>,
 }
 
 /// Clone the exec'd process. The parent must already have joined the pid namespace.
@@ -66,25 +69,14 @@ pub fn spawn(
     child_end: Channel,
     parent_end: Channel,
 ) -> Result<(Pid, Channel)> {
-    // SAFETY: as in process::spawn: a fork-like raw clone of a single-threaded process.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let cgroup2 = crate::process::open_cgroup2(config.cgroup);
+    let (ret, born_in_v2) = crate::process::fork_like(CloneFlags::empty(), cgroup2.as_ref())?;
     match ret {
-        -1 => Err(Error::Sys {
-            context: "clone of the exec process".into(),
-            source: nix::errno::Errno::last(),
-        }),
         0 => {
             drop(parent_end);
-            let err = match run(config, &child_end) {
+            let err = match crate::process::enter_cgroup(config.cgroup)
+                .and_then(|()| run(config, &child_end))
+            {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -94,7 +86,13 @@ pub fn spawn(
         }
         pid => {
             drop(child_end);
-            Ok((Pid::from_raw(pid as i32), parent_end))
+            let pid = Pid::from_raw(pid as i32);
+            if let Err(e) = crate::process::finish_cgroup(config.cgroup, pid, born_in_v2) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(e);
+            }
+            Ok((pid, parent_end))
         }
     }
 }
@@ -155,13 +153,26 @@ fn run(config: ExecConfig, channel: &Channel) -> Result<Infallible> {
         let home = user::lookup(process.user().uid(), Path::new("/etc")).home;
         env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
     }
+    // Compiled by the parent while we joined the namespaces.
+    let seccomp_program = match config
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+    {
+        Some(_) => Some(crate::seccomp::recv_program(channel)?),
+        None => None,
+    };
     init::finalize(
         config.spec,
         process,
         &exe,
         &args,
         &env,
-        listener,
+        init::SeccompParts {
+            program: seccomp_program.as_ref(),
+            listener,
+        },
         init::KeptFds {
             preserved: config.preserve_fds,
             error_fd: channel.as_raw_fd(),

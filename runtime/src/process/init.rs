@@ -69,12 +69,21 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
     let hooks = spec.hooks().as_ref();
     let seccomp_profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     let wants_listener = seccomp_profile.is_some_and(|p| p.listener_path().is_some());
+    // The parent sends the compiled seccomp program right after `Go`: it may come first.
+    let mut seccomp_program = None;
     let state_json = match hooks.is_some() || wants_listener {
         true => {
             channel.send(&Message::NamespacesReady)?;
-            match channel.recv()? {
-                Message::Continue(json) => json,
-                other => return Err(Error::Other(format!("sync channel: unexpected {other:?}"))),
+            loop {
+                match channel.recv()? {
+                    Message::Continue(json) => break json,
+                    Message::Seccomp(bytes) if seccomp_profile.is_some() => {
+                        seccomp_program = Some(crate::seccomp::decode(&bytes)?)
+                    }
+                    other => {
+                        return Err(Error::Other(format!("sync channel: unexpected {other:?}")))
+                    }
+                }
             }
         }
         false => String::new(),
@@ -141,6 +150,10 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
         ));
     }
 
+    let seccomp_program = match (seccomp_program, seccomp_profile) {
+        (None, Some(_)) => Some(crate::seccomp::recv_program(channel)?),
+        (program, _) => program,
+    };
     channel.send(&Message::Ready)?;
     // From here on the container exists: `delete` undoes its mounts.
     shared_mounts.0 = None;
@@ -158,7 +171,10 @@ pub fn run(config: InitConfig, channel: &Channel) -> Result<Infallible> {
             &exe,
             &args,
             &env,
-            listener,
+            SeccompParts {
+                program: seccomp_program.as_ref(),
+                listener,
+            },
             KeptFds {
                 preserved: config.preserve_fds,
                 error_fd: conn.as_raw_fd(),
@@ -321,17 +337,36 @@ pub(crate) struct KeptFds {
     pub error_fd: RawFd,
 }
 
+/// The seccomp step's inputs: the program the runtime compiled (None without a profile)
+/// and the connection to the profile's listenerPath.
+pub(crate) struct SeccompParts<'a> {
+    pub program: Option<&'a nestbox_seccomp::Program>,
+    pub listener: Option<crate::seccomp::Listener>,
+}
+
 pub(crate) fn finalize(
     spec: &Spec,
     process: &Process,
     exe: &Path,
     args: &[String],
     env: &[String],
-    listener: Option<crate::seccomp::Listener>,
+    parts: SeccompParts,
     fds: KeptFds,
 ) -> Result<Infallible> {
     let nnp = process.no_new_privileges().unwrap_or(false);
-    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let listener = parts.listener;
+    let seccomp = match (
+        spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()),
+        parts.program,
+    ) {
+        (Some(profile), Some(program)) => Some((profile, program)),
+        (Some(_), None) => {
+            return Err(Error::Other(
+                "seccomp: the compiled program did not arrive".into(),
+            ))
+        }
+        (None, _) => None,
+    };
 
     crate::process::attrs::apply(spec, process)?;
     // The cwd first, still as root (like runc and crun: a directory only root can enter works
@@ -358,8 +393,8 @@ pub(crate) fn finalize(
     let mut listener = listener;
     // Without no_new_privs the kernel loads a filter only for CAP_SYS_ADMIN: before the user
     // switch drops it (runc and crun do the same). With it: the very last step, below.
-    if let (Some(profile), false) = (seccomp, nnp) {
-        crate::seccomp::load(profile, listener.take())?;
+    if let (Some((profile, program)), false) = (seccomp, nnp) {
+        crate::seccomp::load(program, profile, listener.take())?;
     }
 
     // SAFETY: prctl with integer arguments only.
@@ -393,8 +428,8 @@ pub(crate) fn finalize(
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(std::io::Error::last_os_error()).ctx(|| "setting no_new_privs".into());
         }
-        if let Some(profile) = seccomp {
-            crate::seccomp::load(profile, listener.take())?;
+        if let Some((profile, program)) = seccomp {
+            crate::seccomp::load(program, profile, listener.take())?;
         }
     }
     drop(listener);
