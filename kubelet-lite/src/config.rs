@@ -26,6 +26,8 @@ pub struct Config {
     pub pod_manifest_path: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub max_pods: u32,
+    /// How many pods are set up at once (see `pod::Context::start_slots`).
+    pub parallel_pod_starts: usize,
 }
 
 impl Config {

@@ -116,6 +116,12 @@ struct RunArgs {
     pause_binary: Option<PathBuf>,
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// How many pods are set up at once (sandbox, network, first start of the containers;
+    /// image pulls do not hold a turn); the others wait in the order they arrived.
+    /// Default: twice the CPUs. Setting up is CPU-bound: with every pod of a burst at once,
+    /// each one waits for all of them.
+    #[arg(long)]
+    parallel_pod_starts: Option<usize>,
 }
 
 /// A binary: the flag, else beside this executable, else on PATH.
@@ -329,6 +335,9 @@ async fn run(a: RunArgs) -> Result<()> {
         pod_manifest_path: a.pod_manifest_path.clone(),
         kubeconfig: a.kubeconfig.clone(),
         max_pods: a.max_pods,
+        parallel_pod_starts: a
+            .parallel_pod_starts
+            .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     cfg.prepare_pause_rootfs()
         .context("preparing the pause rootfs")?;
@@ -380,6 +389,7 @@ async fn run(a: RunArgs) -> Result<()> {
             .next()
             .unwrap_or("nestbox")
             .to_string(),
+        start_slots: Arc::new(tokio::sync::Semaphore::new(cfg.parallel_pod_starts.max(1))),
         cfg: cfg.clone(),
     });
     tracing::info!(node = %node_name, ip = %node_ip, root = %root.display(), runtime = %runtime_name,

@@ -23,6 +23,9 @@ bash scripts/kube-build.sh >/dev/null
 # The whole workspace, as scripts/test.sh builds it (one feature set, no rebuilds).
 cargo build --release --workspace >&2
 export NESTBOX_BIN_DIR="${NESTBOX_BIN_DIR:-$root/target/release}"
+# The runtime and the shim as they get installed (scripts/build-runtime.sh, build-shim.sh).
+NESTBOX_RUNTIME_DIR="${NESTBOX_RUNTIME_DIR:-$(bash scripts/build-runtime.sh | tail -1)}"
+export NESTBOX_RUNTIME_DIR
 # The shim as it gets installed (static musl, size profile: scripts/build-shim.sh).
 NESTBOX_SHIM_BIN="${NESTBOX_SHIM_BIN:-$(bash scripts/build-shim.sh --quiet | tail -1)}"
 export NESTBOX_SHIM_BIN

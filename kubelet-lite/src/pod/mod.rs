@@ -37,6 +37,9 @@ pub struct Context {
     pub oom_floor: i32,
     /// The runtime's version, for nodeInfo and containerIDs.
     pub runtime_name: String,
+    /// Pods being set up (sandbox, network, first start of their containers) at once;
+    /// the others wait their turn in arrival order (the semaphore is fair).
+    pub start_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {

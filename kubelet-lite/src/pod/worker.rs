@@ -56,6 +56,9 @@ struct Worker {
     stopped: bool,
     /// The state as last written.
     saved: Vec<u8>,
+    /// This pod's turn to be set up (`Context::start_slots`), held for one pass that
+    /// creates its sandbox; given back early while an image is pulled.
+    start_turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 fn uid_of(pod: &Pod) -> String {
@@ -113,6 +116,7 @@ pub fn spawn(
         last_status: None,
         stopped: false,
         saved: Vec::new(),
+        start_turn: None,
     };
     tokio::spawn(async move {
         w.run(rx, adopting).await;
@@ -348,6 +352,12 @@ impl Worker {
     }
 
     async fn reconcile(&mut self) -> Option<Duration> {
+        let wake = self.pass().await;
+        self.start_turn = None;
+        wake
+    }
+
+    async fn pass(&mut self) -> Option<Duration> {
         if self.terminating() {
             self.terminate().await;
             return None;
@@ -368,6 +378,9 @@ impl Worker {
             if now < self.sandbox_retry_at {
                 return Some(nanos_to_dur(self.sandbox_retry_at - now));
             }
+            // Wait for a turn: pods of a burst are set up a few at a time, in the order
+            // they came, so the first ones do not wait for all the others.
+            self.start_turn = self.ctx.start_slots.clone().acquire_owned().await.ok();
             if self.sandbox_dead {
                 // The kubelet's answer to a dead sandbox: stop everything, start over.
                 self.kill_containers(2).await;
@@ -816,7 +829,7 @@ impl Worker {
     }
 
     /// Resolve the container's image by its pull policy. Errors are (reason, message).
-    async fn ensure_image(&self, c: &Container) -> Result<ImageRecord, (String, String)> {
+    async fn ensure_image(&mut self, c: &Container) -> Result<ImageRecord, (String, String)> {
         let image = c.image.clone().unwrap_or_default();
         if let Err(e) = image::parse_reference(&image) {
             return Err((
@@ -840,6 +853,8 @@ impl Worker {
             )),
             _ => {
                 tracing::info!(pod = %self.id(), image = %image, "pulling image");
+                // A pull can take minutes: others may be set up meanwhile.
+                self.start_turn = None;
                 self.ctx
                     .images
                     .pull(&image, false, None)
