@@ -23,11 +23,15 @@ bash scripts/kube-build.sh >/dev/null
 # The whole workspace, as scripts/test.sh builds it (one feature set, no rebuilds).
 cargo build --release --workspace >&2
 export NESTBOX_BIN_DIR="${NESTBOX_BIN_DIR:-$root/target/release}"
-# The runtime and the shim as they get installed (scripts/build-runtime.sh, build-shim.sh).
+# The runtime, the shim and nestlet as they get installed (scripts/build-runtime.sh,
+# build-shim.sh, build-nestlet.sh).
 NESTBOX_RUNTIME_DIR="${NESTBOX_RUNTIME_DIR:-$(bash scripts/build-runtime.sh | tail -1)}"
 export NESTBOX_RUNTIME_DIR
 # The shim as it gets installed (static musl, size profile: scripts/build-shim.sh).
 NESTBOX_SHIM_BIN="${NESTBOX_SHIM_BIN:-$(bash scripts/build-shim.sh --quiet | tail -1)}"
 export NESTBOX_SHIM_BIN
+# nestlet as it gets installed (size profile: scripts/build-nestlet.sh).
+NESTBOX_NESTLET_DIR="${NESTBOX_NESTLET_DIR:-$(bash scripts/build-nestlet.sh --quiet | tail -1)}"
+export NESTBOX_NESTLET_DIR
 PODS="$pods" cargo test --release -p nestbox-tests --test nestlet_bench -- --ignored --nocapture --test-threads=1 2>&1 \
     | grep -E '(^|\.\.\. )(pods:|creation|from the start|cpu from|memory:|deletion)|^test result|panicked' | sed 's/^test .* \.\.\. //'

@@ -111,6 +111,12 @@ pub fn bin(name: &str) -> PathBuf {
             dirs.push(PathBuf::from(d));
         }
     }
+    // Likewise nestlet's own build (scripts/build-nestlet.sh), when a script names it.
+    if name == "nestlet" {
+        if let Ok(d) = std::env::var("NESTBOX_NESTLET_DIR") {
+            dirs.push(PathBuf::from(d));
+        }
+    }
     if let Ok(d) = std::env::var("NESTBOX_BIN_DIR") {
         dirs.push(PathBuf::from(d));
     }
