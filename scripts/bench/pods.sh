@@ -23,8 +23,7 @@ bash scripts/kube-build.sh >/dev/null
 # The whole workspace, as scripts/test.sh builds it (one feature set, no rebuilds).
 cargo build --release --workspace >&2
 export NESTBOX_BIN_DIR="${NESTBOX_BIN_DIR:-$root/target/release}"
-# The runtime, the shim and nestlet as they get installed (scripts/build-runtime.sh,
-# build-shim.sh, build-nestlet.sh).
+# The runtime as it gets installed (static, `runtime` profile: scripts/build-runtime.sh).
 NESTBOX_RUNTIME_DIR="${NESTBOX_RUNTIME_DIR:-$(bash scripts/build-runtime.sh | tail -1)}"
 export NESTBOX_RUNTIME_DIR
 # The shim as it gets installed (static musl, size profile: scripts/build-shim.sh).

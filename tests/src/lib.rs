@@ -104,18 +104,16 @@ pub fn shim_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let mut dirs = Vec::new();
-    // The runtime's own build (scripts/build-runtime.sh: static, `runtime` profile), when
-    // scripts/test.sh names it: `nestbox` and `nestbox-pause` under test are the installed ones.
-    if matches!(name, "nestbox" | "nestbox-pause") {
-        if let Ok(d) = std::env::var("NESTBOX_RUNTIME_DIR") {
-            dirs.push(PathBuf::from(d));
-        }
-    }
-    // Likewise nestlet's own build (scripts/build-nestlet.sh), when a script names it.
-    if name == "nestlet" {
-        if let Ok(d) = std::env::var("NESTBOX_NESTLET_DIR") {
-            dirs.push(PathBuf::from(d));
-        }
+    // The installed builds, when scripts/test.sh or a benchmark names them: the runtime's
+    // (scripts/build-runtime.sh: static, `runtime` profile) for `nestbox` and `nestbox-pause`,
+    // nestlet's (scripts/build-nestlet.sh: `nestlet` profile) for `nestlet`.
+    let own_dir = match name {
+        "nestbox" | "nestbox-pause" => Some("NESTBOX_RUNTIME_DIR"),
+        "nestlet" => Some("NESTBOX_NESTLET_DIR"),
+        _ => None,
+    };
+    if let Some(d) = own_dir.and_then(|v| std::env::var(v).ok()) {
+        dirs.push(PathBuf::from(d));
     }
     if let Ok(d) = std::env::var("NESTBOX_BIN_DIR") {
         dirs.push(PathBuf::from(d));
